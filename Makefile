@@ -1,0 +1,67 @@
+# mae-tutorial: `make` (or `make help`) lists the targets.
+# Every target that runs Python first creates .venv if it is missing, so `make demo` and
+# `make test` each work on a fresh machine.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+RUFF := $(VENV)/bin/ruff
+# Written after a successful install; reinstalls only when the requirements change.
+STAMP := $(VENV)/.installed
+
+# This project's CI and development machines carry this CPU wheel of PyTorch on local disk, so it
+# installs in seconds there (an unpinned `torch` would pull a multi-GB CUDA build instead).
+# On a GPU machine take the build pip picks for it: `make test TORCH=torch`.
+TORCH ?= torch==2.13.0
+
+# MAE_TUTORIAL_DATA names a folder holding `cifar-10-batches-py`. Unset, it defaults to the
+# offline copy beside this repository when there is one; otherwise the loader downloads CIFAR-10.
+ifeq ($(MAE_TUTORIAL_DATA),)
+ifneq ($(wildcard ../shared/data/cifar-10-batches-py),)
+export MAE_TUTORIAL_DATA := $(abspath ../shared/data)
+endif
+endif
+
+DEMO_OUT ?= runs/demo
+
+.PHONY: help venv test lint format demo clean
+
+help: ## list the targets (the default)
+	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) \
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+$(STAMP): requirements.txt pyproject.toml | $(PY)
+	$(PY) -m pip install '$(TORCH)'
+	$(PY) -m pip install -r requirements.txt -e '.[test]'
+	touch $@
+
+venv: $(STAMP) ## create .venv and install the package, the book's and the tests' requirements
+
+test: $(STAMP) ## lint, check formatting, run the tests
+	$(RUFF) check .
+	$(RUFF) format --check .
+	TQDM_DISABLE=1 $(PY) -m pytest -q
+
+lint: $(STAMP) ## ruff lint and format check, without the tests
+	$(RUFF) check .
+	$(RUFF) format --check .
+
+format: $(STAMP) ## reformat the code and apply ruff's safe fixes
+	$(RUFF) format .
+	$(RUFF) check --fix .
+
+# The main job for now; `make book` takes that role once the book exists.
+demo: $(STAMP) ## pretrain a tiny MAE for one epoch on 2000 images, then draw reconstructions
+	$(PY) -m mae_tutorial pretrain --preset tiny --epochs 1 --subset 2000 --out $(DEMO_OUT)
+	$(PY) -m mae_tutorial reconstruct --checkpoint $(DEMO_OUT)/checkpoint.pt --out $(DEMO_OUT)
+
+clean: ## remove build outputs, caches and runs/demo (keeps .venv)
+	rm -rf _build build dist *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -exec rm -rf {} +
