@@ -1,0 +1,727 @@
+"""CIFAR-10 for the MAE tutorial: find or download it, hold it on the device, augment it there.
+
+The data lives in the canonical ``cifar-10-batches-py`` folder (five ``data_batch_*`` files, a
+``test_batch`` and ``batches.meta``, each a pickled dict). It is found in this order: the ``root``
+argument, the ``MAE_TUTORIAL_DATA`` environment variable, then the cache folder
+(``$XDG_CACHE_HOME/mae_tutorial``, else ``~/.cache/mae_tutorial``), where it is downloaded, checked
+against the official MD5 and extracted safely when missing. The batches are unpickled with an
+unpickler that can build numpy arrays and nothing else, so a tampered file cannot run code.
+
+Training follows KellerJordan/cifar10-airbench rather than ``torch.utils.data``: the whole set sits
+on the device as uint8, and each batch is indexed, normalised and augmented there with batched
+tensor ops. Every random choice comes from a generator seeded by (seed, epoch, ...), so a resumed
+run sees exactly the batches it would have seen.
+"""
+
+import functools
+import gzip
+import hashlib
+import http.client
+import math
+import os
+import pickle
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_FOLDER = "cifar-10-batches-py"
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_ALL_FILES = (*_TRAIN_FILES, "test_batch", "batches.meta")
+_ROW = 3 * 32 * 32  # one image: R, G, B planes of 32 x 32, row-major
+_HOW_TO_POINT = (
+    f"Point the loader at a folder holding {CIFAR10_FOLDER} (or at that folder itself): "
+    "load_cifar10(root=...), the environment variable "
+    f"MAE_TUTORIAL_DATA=/path/holding/{CIFAR10_FOLDER}, or --data-dir on the command line."
+)
+
+
+@dataclass(frozen=True)
+class CIFAR10:
+    """CIFAR-10 as uint8 image tensors and int64 label tensors, on the CPU.
+
+    Shapes:
+        train_images: (N, 3, 32, 32) uint8, N = 50000 for the real set.
+        train_labels: (N,) int64 in [0, 9].
+        test_images: (M, 3, 32, 32) uint8, M = 10000 for the real set.
+        test_labels: (M,) int64 in [0, 9].
+        classes: the 10 class names, index = label.
+    """
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    classes: tuple[str, ...]
+
+
+# ---------------------------------------------------------------------------- finding the folder
+
+
+def default_cache_dir() -> Path:
+    """The cache folder: ``$XDG_CACHE_HOME/mae_tutorial``, else ``~/.cache/mae_tutorial``."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mae_tutorial"
+
+
+def _locate(folder: Path) -> Path | None:
+    """``folder`` itself if it is a complete batches folder, else its complete child, else None."""
+    for candidate in (folder, folder / CIFAR10_FOLDER):
+        if all((candidate / name).is_file() for name in _ALL_FILES):
+            return candidate
+    return None
+
+
+def resolve_cifar10_folder(
+    root: str | Path | None = None,
+    download: bool = True,
+    *,
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+) -> Path:
+    """Find the ``cifar-10-batches-py`` folder, downloading it into the cache when allowed.
+
+    Args:
+        root: A folder holding ``cifar-10-batches-py``, or that folder itself. Defaults to
+            ``$MAE_TUTORIAL_DATA`` (same rule), then to :func:`default_cache_dir`. A folder named
+            explicitly (argument or variable) must hold the data: it is never downloaded into.
+        download: Download into the cache folder when the data is not there.
+        url: Where to download the ``.tar.gz`` archive from.
+        md5: The archive's expected MD5 hex digest.
+
+    Returns:
+        The path of the ``cifar-10-batches-py`` folder.
+
+    Raises:
+        FileNotFoundError: The data is not where it was said to be, or not cached and
+            ``download`` is False.
+        RuntimeError: The download or its checks failed.
+    """
+    named = root if root is not None else os.environ.get("MAE_TUTORIAL_DATA") or None
+    if named is not None:
+        where = "root" if root is not None else "MAE_TUTORIAL_DATA"
+        found = _locate(Path(named).expanduser())
+        if found is None:
+            raise FileNotFoundError(
+                f"{where}={str(named)!r} is neither a complete {CIFAR10_FOLDER} folder nor a "
+                f"folder holding one (expected the files {', '.join(_ALL_FILES)}). {_HOW_TO_POINT}"
+            )
+        return found
+    cache = default_cache_dir()
+    found = _locate(cache)
+    if found is not None:
+        return found
+    if not download:
+        raise FileNotFoundError(f"CIFAR-10 is not in {cache} and download=False. {_HOW_TO_POINT}")
+    try:
+        return download_cifar10(cache, url=url, md5=md5)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise RuntimeError(f"CIFAR-10 could not be downloaded: {err}\n{_HOW_TO_POINT}") from err
+
+
+# ------------------------------------------------------------------- download, verify, extract
+
+
+def download_cifar10(
+    cache_dir: str | Path | None = None,
+    *,
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+    progress: bool = True,
+) -> Path:
+    """Download the CIFAR-10 archive, verify its MD5 and extract it safely into ``cache_dir``.
+
+    The archive goes to a temporary file in ``cache_dir`` and is deleted afterwards, whether the
+    download succeeds or fails; nothing partial is left behind.
+
+    Args:
+        cache_dir: Where ``cifar-10-batches-py`` will appear; defaults to :func:`default_cache_dir`.
+        url: The archive's address (``https://`` or, in tests, ``file://``).
+        md5: The archive's expected MD5 hex digest.
+        progress: Show a tqdm progress bar.
+
+    Returns:
+        The path of the extracted ``cifar-10-batches-py`` folder.
+
+    Raises:
+        RuntimeError: The network or the URL failed.
+        ValueError: Bad checksum, corrupt or truncated archive, unsafe member, or no complete
+            ``cifar-10-batches-py`` folder inside.
+    """
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=cache, prefix=".cifar-10-", suffix=".tar.gz.part")
+    archive = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _fetch(url, out, progress)
+        verify_md5(archive, md5)
+        extracted = extract_archive_safely(archive, cache)
+    except FileExistsError:
+        if _locate(cache / CIFAR10_FOLDER) is None:
+            raise
+        extracted = []  # another process (e.g. a DDP rank) finished the same download first
+    finally:
+        archive.unlink(missing_ok=True)
+    folder = _locate(cache / CIFAR10_FOLDER)
+    if folder is None:
+        for path in extracted:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise ValueError(f"the archive from {url} holds no complete {CIFAR10_FOLDER} folder")
+    return folder
+
+
+def _fetch(url: str, out: BinaryIO, progress: bool) -> None:
+    """Stream ``url`` into the open binary file ``out`` with a progress bar."""
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(
+                total=total, unit="B", unit_scale=True, desc="CIFAR-10", disable=not progress
+            ) as bar:
+                while chunk := response.read(1 << 20):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (OSError, http.client.HTTPException, ValueError) as err:
+        raise RuntimeError(f"downloading {url} failed: {err}") from err
+
+
+def verify_md5(path: str | Path, md5: str) -> None:
+    """Raise ``ValueError`` unless the file's MD5 hex digest equals ``md5``."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != md5.lower():
+        raise ValueError(
+            f"{path} has MD5 {digest.hexdigest()}, expected {md5.lower()} (corrupt or incomplete "
+            "download)"
+        )
+
+
+def extract_archive_safely(archive: str | Path, dest: str | Path) -> list[Path]:
+    """Extract a ``.tar.gz`` into ``dest``, refusing anything that could write outside it.
+
+    Every member must be a regular file or a folder whose path stays inside ``dest``: links,
+    devices, absolute paths and ``..`` are refused before anything is written. The gzip stream is
+    checked end to end first (a truncated download fails here), the members are extracted into a
+    temporary folder inside ``dest``, and each top-level entry is then renamed into place, so
+    ``dest`` never sees a half-extracted tree.
+
+    Args:
+        archive: The gzip-compressed tar file.
+        dest: The folder to extract into (created if missing).
+
+    Returns:
+        The extracted top-level paths inside ``dest``.
+
+    Raises:
+        ValueError: The archive is corrupt, truncated or holds an unsafe member.
+        FileExistsError: A top-level entry of the archive already exists in ``dest``.
+    """
+    archive, dest = Path(archive), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    try:
+        with gzip.open(archive, "rb") as stream:
+            while stream.read(1 << 20):
+                pass
+        with tarfile.open(archive, "r:gz") as tar:
+            members = tar.getmembers()
+            tops = _check_members(members, dest)
+            clashes = [str(dest / top) for top in tops if (dest / top).exists()]
+            if clashes:
+                raise FileExistsError(f"refusing to overwrite {', '.join(clashes)}; remove first")
+            scratch = Path(tempfile.mkdtemp(dir=dest, prefix=".extract-"))
+            try:
+                # Python >= 3.12 (and 3.11.4+) can re-check every member with the "data" filter.
+                extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+                tar.extractall(scratch, members=members, **extra)
+                for top in tops:
+                    os.replace(scratch / top, dest / top)
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+    except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(
+            f"{archive} is not a readable .tar.gz (corrupt or truncated?): {err}"
+        ) from err
+    return [dest / top for top in tops]
+
+
+def _check_members(members: list[tarfile.TarInfo], dest: Path) -> list[str]:
+    """Refuse unsafe members; return the archive's top-level names in order."""
+    root = dest.resolve()
+    tops: list[str] = []
+    for member in members:
+        name = member.name
+        if not (member.isfile() or member.isdir()):
+            kind = "a link" if member.issym() or member.islnk() else "a special file"
+            raise ValueError(f"refusing to extract {name!r}: {kind}, not a file or folder")
+        posix, windows = PurePosixPath(name), PureWindowsPath(name)
+        escapes = ".." in posix.parts or ".." in windows.parts
+        if posix.is_absolute() or windows.is_absolute() or windows.drive or escapes:
+            raise ValueError(f"refusing to extract {name!r}: its path leaves {dest}")
+        if not (root / name).resolve().is_relative_to(root):
+            raise ValueError(f"refusing to extract {name!r}: it resolves outside {dest}")
+        top = next((part for part in posix.parts if part != "."), None)
+        if top is not None and top not in tops:
+            tops.append(top)
+    return tops
+
+
+# ------------------------------------------------------------------------- reading the batches
+
+
+def _numpy_reconstruct() -> Callable[..., Any]:
+    try:
+        from numpy._core.multiarray import _reconstruct  # numpy >= 2
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """An unpickler that builds numpy arrays and plain containers and refuses every other class."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("numpy", "ndarray"):
+            return np.ndarray
+        if (module, name) == ("numpy", "dtype"):
+            return np.dtype
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            return _numpy_reconstruct()
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name}: a CIFAR-10 batch holds only bytes, lists, ints and "
+            "numpy arrays (allowed: numpy.ndarray, numpy.dtype, numpy's multiarray._reconstruct)"
+        )
+
+
+def read_batch(path: str | Path) -> dict[Any, Any]:
+    """Unpickle one CIFAR-10 batch file safely (keys stay ``bytes``, as in the official format).
+
+    Raises:
+        ValueError: The file is corrupt, truncated, not a dict, or references a class other than
+            the numpy ones an array needs (the message names the file and the reason).
+    """
+    with open(path, "rb") as f:
+        try:
+            batch = _BatchUnpickler(f, encoding="bytes").load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+                IndexError, KeyError, OverflowError) as err:  # fmt: skip
+            raise ValueError(f"{path} is not a readable CIFAR-10 batch: {err}") from err
+    if not isinstance(batch, dict):
+        raise ValueError(f"{path} holds a {type(batch).__name__}, expected a dict")
+    return batch
+
+
+def _read_images(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) uint8 and labels (N,) int64 of one batch file, validated."""
+    batch = read_batch(path)
+    data, labels = batch.get(b"data"), np.asarray(batch.get(b"labels"))
+    if not isinstance(data, np.ndarray):
+        raise ValueError(f"{path}: b'data' must be a numpy array, got {type(data).__name__}")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != _ROW:
+        raise ValueError(
+            f"{path}: b'data' must be uint8 (N, {_ROW}), got {data.dtype} {data.shape}"
+        )
+    if labels.shape != (len(data),) or (labels.dtype.kind not in "iu" and labels.size):
+        raise ValueError(
+            f"{path}: b'labels' must be {len(data)} integers, got {labels.dtype} {labels.shape}"
+        )
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
+        raise ValueError(f"{path}: labels must lie in [0, 9], got [{labels.min()}, {labels.max()}]")
+    return data.reshape(-1, 3, 32, 32), labels.astype(np.int64)  # (N, 3, 32, 32)
+
+
+def _read_classes(path: Path) -> tuple[str, ...]:
+    names = read_batch(path).get(b"label_names")
+    if not isinstance(names, list) or len(names) != len(CIFAR10_CLASSES):
+        raise ValueError(f"{path}: b'label_names' must be a list of 10 names, got {names!r}")
+    return tuple(n.decode() if isinstance(n, bytes) else str(n) for n in names)
+
+
+def load_cifar10(
+    root: str | Path | None = None,
+    download: bool = True,
+    *,
+    url: str = CIFAR10_URL,
+    md5: str = CIFAR10_MD5,
+) -> CIFAR10:
+    """Load CIFAR-10 (train and test) as uint8 tensors, finding or downloading it first.
+
+    Args:
+        root: A folder holding ``cifar-10-batches-py``, or that folder itself; see
+            :func:`resolve_cifar10_folder` for the fallbacks (``$MAE_TUTORIAL_DATA``, the cache).
+        download: Download into the cache folder when the data is nowhere to be found.
+        url: Where to download the archive from.
+        md5: The archive's expected MD5 hex digest.
+
+    Returns:
+        A :class:`CIFAR10` with every row of the five training batches and the test batch.
+
+    Shapes:
+        train_images (N, 3, 32, 32) uint8, train_labels (N,) int64, likewise for test.
+    """
+    folder = resolve_cifar10_folder(root, download, url=url, md5=md5)
+    train = [_read_images(folder / name) for name in _TRAIN_FILES]
+    test_images, test_labels = _read_images(folder / "test_batch")
+    return CIFAR10(
+        train_images=torch.from_numpy(np.concatenate([x for x, _ in train])),  # (N, 3, 32, 32)
+        train_labels=torch.from_numpy(np.concatenate([y for _, y in train])),  # (N,)
+        test_images=torch.from_numpy(np.ascontiguousarray(test_images)),
+        test_labels=torch.from_numpy(test_labels),
+        classes=_read_classes(folder / "batches.meta"),
+    )
+
+
+# -------------------------------------------------------------------------------- synthetic data
+
+
+def _synthetic_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Images whose colour, gradient direction and stripe frequency depend on the class."""
+    classes = np.arange(len(CIFAR10_CLASSES))
+    colour = 0.25 + 0.5 * np.stack([(classes * k % 10) / 9 for k in (1, 3, 7)], axis=1)  # (10, 3)
+    angle = 2 * np.pi * classes / len(classes)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")  # (32, 32)
+    cos, sin = np.cos(angle)[labels, None, None], np.sin(angle)[labels, None, None]  # (N, 1, 1)
+    along = cos * xx + sin * yy  # (N, 32, 32) position along the class's gradient direction
+    phase = rng.uniform(0, 2 * np.pi, size=(len(labels), 1, 1))
+    stripes = 0.1 * np.sin((1 + labels % 3)[:, None, None] * np.pi * along + phase)
+    x = colour[labels, :, None, None] + (0.2 * along + stripes)[:, None]  # (N, 3, 32, 32)
+    x = x + rng.normal(0, 0.05, size=(len(labels), 3, 1, 1)) + rng.normal(0, 0.03, size=x.shape)
+    return (np.clip(x, 0, 1) * 255).round().astype(np.uint8).reshape(len(labels), _ROW)  # (N, 3072)
+
+
+def make_synthetic_cifar(
+    folder: str | Path, n_train: int = 500, n_test: int = 100, seed: int = 0
+) -> Path:
+    """Write a small ``cifar-10-batches-py`` folder in the official format, for tests and demos.
+
+    The images are learnable: each class has its own colour, gradient direction and stripe
+    frequency, with per-image phase, brightness and pixel noise. Labels are balanced.
+
+    Args:
+        folder: Where to create ``cifar-10-batches-py`` (created if missing).
+        n_train: Training images, split over the five ``data_batch_*`` files.
+        n_test: Test images in ``test_batch``.
+        seed: Seed for labels, noise and phases.
+
+    Returns:
+        ``folder`` (the folder holding ``cifar-10-batches-py``), ready for :func:`load_cifar10`.
+
+    Shapes:
+        Each batch's ``b'data'`` is (rows, 3072) uint8, rows summing to ``n_train`` / ``n_test``.
+    """
+    for value, what in ((n_train, "n_train"), (n_test, "n_test")):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{what} must be a positive int, got {value!r}")
+    rng = np.random.default_rng(seed)
+    batches = Path(folder) / CIFAR10_FOLDER
+    batches.mkdir(parents=True, exist_ok=True)
+    train_sizes = [len(part) for part in np.array_split(np.arange(n_train), len(_TRAIN_FILES))]
+    parts = zip(_TRAIN_FILES, train_sizes, strict=True)
+    files = [(name, n, f"training batch {i + 1} of 5") for i, (name, n) in enumerate(parts)]
+    for name, n, batch_label in [*files, ("test_batch", n_test, "testing batch 1 of 1")]:
+        labels = rng.permutation(np.arange(n) % len(CIFAR10_CLASSES))
+        batch = {
+            b"batch_label": batch_label.encode(),
+            b"labels": labels.tolist(),
+            b"data": _synthetic_images(labels, rng),
+            b"filenames": [f"synthetic_{name}_{i:05d}.png".encode() for i in range(n)],
+        }
+        # Protocol 3 keeps bytes as bytes (protocol 2 would need the _codecs global we refuse).
+        (batches / name).write_bytes(pickle.dumps(batch, protocol=3))
+    meta = {
+        b"num_cases_per_batch": max(train_sizes),
+        b"label_names": [c.encode() for c in CIFAR10_CLASSES],
+        b"num_vis": _ROW,
+    }
+    (batches / "batches.meta").write_bytes(pickle.dumps(meta, protocol=3))
+    return Path(folder)
+
+
+# ------------------------------------------------------------------- normalisation, augmentation
+
+
+def _stats(values: tuple[float, ...], x: torch.Tensor) -> torch.Tensor:
+    """Per-channel statistics shaped (1, C, 1, 1) on ``x``'s device."""
+    if len(values) != x.shape[1]:
+        raise ValueError(f"got {len(values)} channel statistics for {x.shape[1]} channels")
+    return _stats_on(tuple(float(v) for v in values), x.device)
+
+
+@functools.cache
+def _stats_on(values: tuple[float, ...], device: torch.device) -> torch.Tensor:
+    # Cached: a fresh host-to-GPU copy on every batch would stall the GPU pipeline.
+    return torch.tensor(values, dtype=torch.float32).view(1, -1, 1, 1).to(device)  # (1, C, 1, 1)
+
+
+def normalize(
+    images: torch.Tensor,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+) -> torch.Tensor:
+    """uint8 images to float32, scaled to [0, 1] then standardised per channel.
+
+    Shapes:
+        images: (B, C, H, W) uint8 -> (B, C, H, W) float32.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4:
+        raise TypeError(
+            f"expected uint8 images of shape (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+    return (images.float() / 255 - _stats(mean, images)) / _stats(std, images)
+
+
+def denormalize(
+    x: torch.Tensor,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+) -> torch.Tensor:
+    """Undo :func:`normalize` for plotting: float images clamped to [0, 1].
+
+    Shapes:
+        x: (B, C, H, W) float -> (B, C, H, W) float in [0, 1].
+    """
+    if not x.is_floating_point() or x.ndim != 4:
+        raise TypeError(
+            f"expected float images of shape (B, C, H, W), got {x.dtype} {tuple(x.shape)}"
+        )
+    return (x * _stats(std, x).to(x.dtype) + _stats(mean, x).to(x.dtype)).clamp(0, 1)
+
+
+def _uniform(
+    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
+) -> torch.Tensor:
+    """U[0, 1) numbers drawn on the generator's device (any device), then moved to ``device``."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where).to(device)
+
+
+def _check_images(images: torch.Tensor) -> None:
+    if not images.is_floating_point() or images.ndim != 4:
+        raise TypeError(
+            f"expected float images (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
+        )
+
+
+def random_resized_crop_flip(
+    images: torch.Tensor,
+    size: int = 32,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """MAE's pretraining augmentation: a random-resized crop and a random horizontal flip per image.
+
+    As torchvision's ``RandomResizedCrop``: each crop covers a fraction of the area drawn from
+    ``scale`` with an aspect ratio drawn log-uniformly from ``ratio`` (ten tries, then the whole
+    image), at a uniform position; it is resized to ``size`` bilinearly. All images are done at once
+    with one affine sampling grid per image; a flip is a negative x-scale in that grid.
+
+    Shapes:
+        images: (B, C, H, W) float -> (B, C, size, size).
+    """
+    _check_images(images)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"size must be a positive int, got {size!r}")
+    if not 0 < scale[0] <= scale[1] <= 1:
+        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
+    if not 0 < ratio[0] <= ratio[1]:
+        raise ValueError(f"ratio must satisfy 0 < low <= high, got {ratio}")
+    B, C, H, W = images.shape
+    u = _uniform((B, 23), generator, images.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, :10]  # (B, 10) tries
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:20])  # (B, 10)
+    width = torch.sqrt(area * aspect * H / W)  # crop width as a fraction of W
+    height = torch.sqrt(area / aspect * W / H)
+    fits = (width <= 1) & (height <= 1)  # (B, 10)
+    first = fits.int().argmax(dim=1, keepdim=True)  # (B, 1) first try that fits
+    found = fits.any(dim=1)
+    width = torch.where(found, width.gather(1, first).squeeze(1), 1.0)  # (B,)
+    height = torch.where(found, height.gather(1, first).squeeze(1), 1.0)
+    flip = torch.where(u[:, 22] < 0.5, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = flip * width
+    theta[:, 0, 2] = (1 - width) * (2 * u[:, 20] - 1)  # crop centre, in [-1, 1] coordinates
+    theta[:, 1, 1] = height
+    theta[:, 1, 2] = (1 - height) * (2 * u[:, 21] - 1)
+    grid = F.affine_grid(theta, [B, C, size, size], align_corners=False)  # (B, size, size, 2)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def random_crop_flip(
+    images: torch.Tensor,
+    padding: int = 4,
+    padding_mode: str = "reflect",
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Fine-tuning augmentation: pad, take a random crop of the original size, maybe flip.
+
+    One gather does every crop and flip at once (as in cifar10-airbench): no per-image loop.
+
+    Shapes:
+        images: (B, C, H, W) float -> (B, C, H, W).
+    """
+    _check_images(images)
+    B, C, H, W = images.shape
+    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
+        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
+    if padding_mode not in ("reflect", "constant", "replicate"):
+        raise ValueError(
+            f"padding_mode must be 'reflect', 'constant' or 'replicate', got {padding_mode!r}"
+        )
+    if padding_mode == "reflect" and padding >= min(H, W):
+        raise ValueError(f"reflect padding {padding} must be smaller than the image size {H}x{W}")
+    padded = F.pad(images, (padding,) * 4, mode=padding_mode)  # (B, C, H + 2p, W + 2p)
+    u = _uniform((B, 3), generator, images.device)
+    top = (u[:, 0] * (2 * padding + 1)).long().clamp(max=2 * padding)  # (B,)
+    left = (u[:, 1] * (2 * padding + 1)).long().clamp(max=2 * padding)
+    cols = torch.arange(W, device=images.device)
+    cols = torch.where((u[:, 2] < 0.5)[:, None], W - 1 - cols, cols)  # (B, W), reversed = flipped
+    rows = top[:, None] + torch.arange(H, device=images.device)  # (B, H)
+    cols = left[:, None] + cols
+    b = torch.arange(B, device=images.device)[:, None, None, None]
+    c = torch.arange(C, device=images.device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+
+
+# ------------------------------------------------------------------------------------- batching
+
+
+def _generator(device: torch.device, *values: int) -> torch.Generator:
+    """A generator seeded by mixing ``values`` (numpy's SeedSequence hash).
+
+    It lives on the GPU for CUDA data, so drawing needs no host copy (which would stall the GPU),
+    and on the CPU otherwise.
+    """
+    seed = int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+    where = device if device.type == "cuda" else torch.device("cpu")
+    return torch.Generator(device=where).manual_seed(seed)
+
+
+class DeviceLoader:
+    """Batches of normalised, augmented images from uint8 data held once on ``device``.
+
+    Each epoch's order is a permutation drawn from a generator seeded by (seed, epoch), the same on
+    every rank, and cut into ``world_size`` equal shards (the last ``N % world_size`` of the order
+    are dropped). Batch ``i`` is augmented with a generator seeded by (seed, epoch, rank, i), so
+    :meth:`iter_from` can resume mid-epoch exactly. The order is drawn on the CPU and is the same on
+    every device; augmentations are drawn on the GPU for CUDA data (reproducible there, but not
+    equal to the CPU's draws) and on the CPU otherwise.
+
+    Args:
+        images: The whole set, uint8.
+        labels: Integer labels.
+        batch_size: Images per batch on this rank.
+        shuffle: Draw a new order each epoch; otherwise keep the stored order.
+        drop_last: Drop the last short batch of the shard.
+        augment: Called as ``augment(x, generator=g)`` on each normalised float batch, e.g.
+            :func:`random_resized_crop_flip` or a ``functools.partial`` of it.
+        device: Where data and batches live; defaults to where ``images`` are.
+        seed: Non-negative base seed.
+        rank: This process's index among ``world_size`` (DDP).
+        world_size: Number of processes sharing the data.
+
+    Shapes:
+        images: (N, C, H, W) uint8; labels: (N,).
+        Yields x (batch, C, H', W') float32 and y (batch,) int64, batch <= batch_size.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        augment: Callable[..., torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise TypeError(
+                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
+            )
+        if labels.shape != images.shape[:1]:
+            raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must lie in [0, world_size={world_size}), got {rank}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        self.shard_size = len(images) // world_size
+        if batch_size < 1 or (drop_last and batch_size > self.shard_size):
+            raise ValueError(
+                f"batch_size must lie in [1, {self.shard_size}] (the images per rank) with "
+                f"drop_last={drop_last}, got {batch_size}"
+            )
+        self.device = torch.device(device) if device is not None else images.device
+        self.images = images.to(self.device)  # (N, C, H, W) uint8, moved once
+        self.labels = labels.to(self.device, torch.int64)  # (N,)
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.augment, self.seed, self.rank, self.world_size = augment, seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order and augmentations the next iteration reproduces."""
+        if epoch < 0:
+            raise ValueError(f"epoch must be >= 0, got {epoch}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        full, rest = divmod(self.shard_size, self.batch_size)
+        return full + int(rest > 0 and not self.drop_last)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def shard_indices(self) -> torch.Tensor:
+        """This rank's indices into the data for the current epoch, in visiting order.
+
+        Shapes:
+            (shard_size,) int64 on the CPU.
+        """
+        n, generator = len(self.images), _generator(torch.device("cpu"), self.seed, self.epoch)
+        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        return order[: self.shard_size * self.world_size][self.rank :: self.world_size]
+
+    def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Iterate over the current epoch from batch ``start_batch`` on (0 = the whole epoch).
+
+        The batches are identical to the tail of a full iteration, which makes resuming exact.
+        """
+        if not 0 <= start_batch <= len(self):
+            raise ValueError(f"start_batch must lie in [0, {len(self)}], got {start_batch}")
+        return self._batches(self.shard_indices().to(self.device), start_batch)
+
+    def _batches(
+        self, indices: torch.Tensor, start_batch: int
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for i in range(start_batch, len(self)):
+            batch = indices[i * self.batch_size : (i + 1) * self.batch_size]
+            x = normalize(self.images[batch])  # (batch, C, H, W) float32
+            if self.augment is not None:
+                generator = _generator(self.device, self.seed, self.epoch, self.rank, i)
+                x = self.augment(x, generator=generator)
+            yield x, self.labels[batch]

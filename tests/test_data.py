@@ -1,0 +1,362 @@
+"""Tests for mae_tutorial.data: finding, downloading, reading, augmenting and batching CIFAR-10.
+
+Everything runs on small synthetic data in the CIFAR format, on the CPU, without the network
+(downloads use ``file://`` URLs). One test reads the real offline copy when it is available.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_tutorial.data import (
+    CIFAR10,
+    CIFAR10_CLASSES,
+    CIFAR10_FOLDER,
+    CIFAR10_MEAN,
+    DeviceLoader,
+    denormalize,
+    download_cifar10,
+    extract_archive_safely,
+    load_cifar10,
+    make_synthetic_cifar,
+    normalize,
+    random_crop_flip,
+    random_resized_crop_flip,
+    read_batch,
+)
+
+N_TRAIN, N_TEST = 500, 100
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_cifar(tmp_path_factory.mktemp("synthetic"), N_TRAIN, N_TEST, seed=0)
+
+
+@pytest.fixture(scope="module")
+def archive(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A .tar.gz of the synthetic folder laid out like the official archive, and its MD5."""
+    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(synthetic_root / CIFAR10_FOLDER, arcname=CIFAR10_FOLDER)
+    return path, hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No MAE_TUTORIAL_DATA, and an empty cache under a temporary XDG_CACHE_HOME."""
+    monkeypatch.delenv("MAE_TUTORIAL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "mae_tutorial"
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_root: Path) -> CIFAR10:
+    return load_cifar10(synthetic_root, download=False)
+
+
+def _contents(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+# ------------------------------------------------------------------------------- finding, reading
+
+
+def test_load_synthetic_shapes_dtypes_labels(data) -> None:
+    assert data.train_images.shape == (N_TRAIN, 3, 32, 32)
+    assert data.test_images.shape == (N_TEST, 3, 32, 32)
+    assert data.train_images.dtype == data.test_images.dtype == torch.uint8
+    assert data.train_labels.shape == (N_TRAIN,) and data.test_labels.shape == (N_TEST,)
+    assert data.train_labels.dtype == data.test_labels.dtype == torch.int64
+    assert data.train_labels.min() >= 0 and data.train_labels.max() <= 9
+    assert torch.bincount(data.train_labels).tolist() == [N_TRAIN // 10] * 10
+    assert data.classes == CIFAR10_CLASSES
+
+
+def test_root_may_be_the_batches_folder_itself(synthetic_root: Path, data) -> None:
+    other = load_cifar10(synthetic_root / CIFAR10_FOLDER, download=False)
+    assert torch.equal(other.train_images, data.train_images)
+
+
+@pytest.mark.parametrize("inner", [False, True])
+def test_env_var_names_the_folder(synthetic_root, data, cache, monkeypatch, inner) -> None:
+    path = synthetic_root / CIFAR10_FOLDER if inner else synthetic_root
+    monkeypatch.setenv("MAE_TUTORIAL_DATA", str(path))
+    assert torch.equal(load_cifar10(download=False).test_labels, data.test_labels)
+
+
+def test_cache_folder_is_used(cache: Path) -> None:
+    make_synthetic_cifar(cache, n_train=3, n_test=1)  # two of the five training batches are empty
+    assert load_cifar10(download=False).train_images.shape == (3, 3, 32, 32)
+
+
+def test_missing_data_errors_explain_how_to_point_at_it(tmp_path, cache, monkeypatch) -> None:
+    with pytest.raises(FileNotFoundError, match="MAE_TUTORIAL_DATA"):
+        load_cifar10(download=False)
+    with pytest.raises(FileNotFoundError, match="root=.*neither"):
+        load_cifar10(tmp_path)  # an explicit folder without the data is never downloaded into
+    monkeypatch.setenv("MAE_TUTORIAL_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="MAE_TUTORIAL_DATA=.*neither"):
+        load_cifar10()
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_other_classes(tmp_path: Path) -> None:
+    marker, path = tmp_path / "pwned", tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=3))
+    with pytest.raises(ValueError, match=r"data_batch_1.*refusing to load (os|posix)\.system"):
+        read_batch(path)
+    assert not marker.exists()
+
+
+def _copy(synthetic_root: Path, tmp_path: Path) -> Path:
+    shutil.copytree(synthetic_root / CIFAR10_FOLDER, tmp_path / CIFAR10_FOLDER)
+    return tmp_path / CIFAR10_FOLDER
+
+
+def test_truncated_batch_is_a_value_error_naming_the_file(synthetic_root, tmp_path) -> None:
+    batch = _copy(synthetic_root, tmp_path) / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    with pytest.raises(ValueError, match="data_batch_3"):
+        load_cifar10(tmp_path, download=False)
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (
+            {b"data": torch.zeros(2, 3072, dtype=torch.uint8).numpy(), b"labels": [0, 10]},
+            r"\[0, 9\]",
+        ),
+        ({b"data": torch.zeros(2, 3000, dtype=torch.uint8).numpy(), b"labels": [0, 1]}, "3072"),
+        ({b"data": torch.zeros(2, 3072, dtype=torch.uint8).numpy(), b"labels": [0]}, "2 integers"),
+        ([1, 2, 3], "expected a dict"),
+    ],
+)
+def test_malformed_batch_is_refused(synthetic_root, tmp_path, content, match) -> None:
+    (_copy(synthetic_root, tmp_path) / "test_batch").write_bytes(pickle.dumps(content, protocol=3))
+    with pytest.raises(ValueError, match=f"test_batch.*{match}"):
+        load_cifar10(tmp_path, download=False)
+
+
+def test_synthetic_images_are_learnable(data) -> None:
+    """A nearest-class-mean classifier beats chance (10%) by far."""
+    x_train, x_test = data.train_images.flatten(1).float(), data.test_images.flatten(1).float()
+    means = torch.stack([x_train[data.train_labels == c].mean(0) for c in range(10)])
+    predicted = torch.cdist(x_test, means).argmin(1)
+    assert (predicted == data.test_labels).float().mean() > 0.5
+
+
+def test_real_data_if_available() -> None:
+    root = Path(os.environ.get("MAE_TUTORIAL_DATA") or Path(__file__).parents[2] / "shared/data")
+    if not any((p / "batches.meta").is_file() for p in (root, root / CIFAR10_FOLDER)):
+        pytest.skip(f"no CIFAR-10 at {root}")
+    real = load_cifar10(root, download=False)
+    assert real.train_images.shape == (50000, 3, 32, 32) and len(real.test_labels) == 10000
+    mean = real.train_images.sum(dim=(0, 2, 3), dtype=torch.int64) / (50000 * 32 * 32 * 255)
+    assert torch.allclose(mean, torch.tensor(CIFAR10_MEAN, dtype=mean.dtype), atol=5e-4)
+
+
+# ----------------------------------------------------------------------- download and extraction
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo) -> Path:
+    path = tmp_path / "bad.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("ok/fine.txt"), io.BytesIO(b""))
+        tar.addfile(member, io.BytesIO(b"evil") if member.isfile() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, 4 if kind == tarfile.REGTYPE else 0
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "match"),
+    [
+        (_member("../evil"), "leaves"),
+        (_member("ok/../../evil"), "leaves"),
+        (_member("/tmp/evil"), "leaves"),
+        (_member("ok/link", tarfile.SYMTYPE), "a link"),
+        (_member("ok/hard", tarfile.LNKTYPE), "a link"),
+        (_member("ok/fifo", tarfile.FIFOTYPE), "a special file"),
+    ],
+)
+def test_unsafe_members_are_refused_leaving_nothing(tmp_path, member, match) -> None:
+    archive, dest = _tar_with(tmp_path, member), tmp_path / "dest"
+    with pytest.raises(ValueError, match=match):
+        extract_archive_safely(archive, dest)
+    assert _contents(dest) == [] and not (tmp_path / "evil").exists()
+
+
+def test_truncated_archive_is_refused_leaving_nothing(archive, tmp_path) -> None:
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive[0].read_bytes()[: archive[0].stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        extract_archive_safely(truncated, tmp_path / "dest")
+    assert _contents(tmp_path / "dest") == []
+    md5 = hashlib.md5(truncated.read_bytes()).hexdigest()  # passes the checksum, fails extraction
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        download_cifar10(tmp_path / "cache", url=truncated.as_uri(), md5=md5, progress=False)
+    assert _contents(tmp_path / "cache") == []
+
+
+def test_checksum_mismatch_is_refused_leaving_nothing(archive, tmp_path) -> None:
+    with pytest.raises(ValueError, match="MD5"):
+        download_cifar10(tmp_path, url=archive[0].as_uri(), md5="0" * 32, progress=False)
+    assert _contents(tmp_path) == []
+
+
+def test_download_end_to_end_into_the_cache(archive, data, cache) -> None:
+    loaded = load_cifar10(url=archive[0].as_uri(), md5=archive[1])
+    assert torch.equal(loaded.train_images, data.train_images)
+    assert [p.name for p in cache.iterdir()] == [CIFAR10_FOLDER]  # no archive or scratch left
+    assert torch.equal(load_cifar10(download=False).test_labels, data.test_labels)
+
+
+def test_failed_download_explains_how_to_point_at_data(tmp_path, cache) -> None:
+    with pytest.raises(RuntimeError, match="MAE_TUTORIAL_DATA"):
+        load_cifar10(url=(tmp_path / "missing.tar.gz").as_uri())
+    assert _contents(cache) == []
+
+
+# -------------------------------------------------------------------- normalisation, augmentation
+
+
+def test_normalize_round_trip(data) -> None:
+    images = data.train_images[:8]
+    x = normalize(images)
+    assert x.dtype == torch.float32 and x.shape == images.shape
+    assert torch.allclose(denormalize(x), images / 255, atol=1e-6)
+    with pytest.raises(TypeError, match="uint8"):
+        normalize(x)
+
+
+def _is_self_or_mirror(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    same = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-4
+    mirror = (out - x.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-4
+    assert bool((same | mirror).all())
+    return mirror
+
+
+def test_resized_crop_full_scale_is_identity_or_flip(data) -> None:
+    x = normalize(data.train_images[:64])
+    g = torch.Generator().manual_seed(0)
+    out = random_resized_crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=g)
+    flipped = _is_self_or_mirror(out, x)
+    assert 0 < int(flipped.sum()) < 64  # both outcomes happen
+
+
+def test_resized_crop_shapes_and_determinism(data) -> None:
+    x = normalize(data.train_images[:16])
+    out = random_resized_crop_flip(x, size=24, generator=torch.Generator().manual_seed(1))
+    assert out.shape == (16, 3, 24, 24) and out.dtype == torch.float32
+    again = random_resized_crop_flip(x, size=24, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    # A crop never leaves the image, so its values stay inside each image's range.
+    assert bool((out.amax(dim=(1, 2, 3)) <= x.amax(dim=(1, 2, 3)) + 1e-5).all())
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop_flip(x, scale=(0.5, 0.2))
+
+
+def test_random_crop_flip_matches_a_reference_crop(data) -> None:
+    x = normalize(data.train_images[:16])
+    _is_self_or_mirror(random_crop_flip(x, padding=0), x)
+    out = random_crop_flip(x, padding=4, generator=torch.Generator().manual_seed(0))
+    assert out.shape == x.shape and out.dtype == x.dtype
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    for image, result in zip(padded, out, strict=True):
+        crops = [
+            image[:, top : top + 32, left : left + 32] for top in range(9) for left in range(9)
+        ]
+        assert any(torch.equal(c, result) or torch.equal(c.flip(-1), result) for c in crops)
+
+
+# ------------------------------------------------------------------------------------- batching
+
+
+def _batches(loader: DeviceLoader, epoch: int, start: int = 0) -> list[tuple[torch.Tensor, ...]]:
+    loader.set_epoch(epoch)
+    return list(loader.iter_from(start))
+
+
+def _same(first: list[tuple[torch.Tensor, ...]], second: list[tuple[torch.Tensor, ...]]) -> bool:
+    pairs = zip(first, second, strict=True)
+    return all(torch.equal(a, b) for xy, xy2 in pairs for a, b in zip(xy, xy2, strict=True))
+
+
+def _loader(data, **kwargs) -> DeviceLoader:
+    kwargs = {"augment": random_resized_crop_flip, "seed": 3, **kwargs}
+    return DeviceLoader(data.train_images, data.train_labels, 64, **kwargs)
+
+
+def test_loader_batches_are_normalised_images_with_their_labels(data) -> None:
+    loader = DeviceLoader(data.train_images, data.train_labels, 64, shuffle=False, drop_last=False)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 8 and len(batches[-1][1]) == N_TRAIN - 7 * 64
+    assert torch.equal(batches[0][0], normalize(data.train_images[:64]))
+    assert torch.equal(torch.cat([y for _, y in batches]), data.train_labels)
+    assert len(_loader(data)) == N_TRAIN // 64
+
+
+def test_loader_is_reproducible_per_epoch(data) -> None:
+    first, second = _batches(_loader(data), 2), _batches(_loader(data), 2)
+    assert _same(first, second)
+    other = _batches(_loader(data), 3)
+    assert not torch.equal(first[0][1], other[0][1])
+
+
+def test_iter_from_is_the_tail_of_a_full_epoch(data) -> None:
+    loader = _loader(data)
+    full, tail = _batches(loader, 1), _batches(loader, 1, start=3)
+    assert len(tail) == len(full) - 3
+    assert _same(full[3:], tail)
+    with pytest.raises(ValueError, match="start_batch"):
+        loader.iter_from(len(loader) + 1)
+
+
+def test_rank_shards_are_disjoint_and_cover_the_data(data) -> None:
+    loaders = [
+        DeviceLoader(data.train_images, data.train_labels, 25, rank=r, world_size=4, seed=5)
+        for r in range(4)
+    ]
+    for loader in loaders:
+        loader.set_epoch(7)
+    shards = [loader.shard_indices() for loader in loaders]
+    assert all(len(s) == N_TRAIN // 4 for s in shards) and len({len(lo) for lo in loaders}) == 1
+    assert torch.equal(torch.cat(shards).sort().values, torch.arange(N_TRAIN))
+    seen = torch.cat([y for loader in loaders for _, y in loader])
+    assert torch.equal(torch.bincount(seen), torch.bincount(data.train_labels))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rank": 2, "world_size": 2}, "rank"),
+        ({"batch_size": 1000}, "batch_size"),
+        ({"seed": -1}, "seed"),
+    ],
+)
+def test_loader_rejects_bad_arguments(data, kwargs, match) -> None:
+    batch_size = kwargs.pop("batch_size", 64)
+    with pytest.raises(ValueError, match=match):
+        DeviceLoader(data.train_images, data.train_labels, batch_size, **kwargs)
