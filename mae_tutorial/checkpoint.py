@@ -1,0 +1,213 @@
+"""Checkpoint I/O: atomic writes, safe loads, config checks, and rebuilding a model.
+
+A checkpoint is a plain dict saved with `torch.save`. Everything in it loads with
+`torch.load(weights_only=True)`, which unpickles tensors and plain containers only and so cannot run
+code from a downloaded file: the model config is a dict (`MAEConfig.to_dict`), the history a list of
+dicts of numbers, RNG states tensors. The keys the pretraining loop writes:
+
+    model      the MaskedAutoencoder's state_dict (fp32)
+    config     MAEConfig.to_dict()
+    optimizer, scaler, step, epoch, settings, history, rng, ...   (see `mae_tutorial.pretrain`)
+
+Only `model` and `config` are required, so `load_model` also reads a checkpoint written by hand.
+
+Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and fsync'ed,
+and only then renamed over the target with `os.replace`. A process killed mid-write therefore
+leaves the previous checkpoint intact (plus, at worst, a stray `.tmp` file that `latest_checkpoint`
+ignores).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.model import MaskedAutoencoder
+
+LATEST_NAME = "checkpoint.pt"
+_SNAPSHOT = re.compile(r"^epoch_(\d+)\.pt$")
+
+
+def snapshot_name(epoch: int) -> str:
+    """File name of the snapshot kept after `epoch` completed epochs, e.g. `epoch_0010.pt`."""
+    return f"epoch_{epoch:04d}.pt"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the usual mode
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # Make the rename itself durable; not every platform can open a folder, so this is best effort.
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    return path
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` to `path` atomically (temporary file, flush, fsync, `os.replace`).
+
+    Args:
+        path: the `.pt` file to create or replace; its folder is created if missing.
+        state: a dict of tensors, numbers, strings, lists and dicts (weights_only-loadable).
+
+    Returns:
+        `path` as a `Path`.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"a checkpoint state must be a dict, got {type(state).__name__}")
+    return _atomic_write(path, lambda f: torch.save(state, f))
+
+
+def save_json(path: str | Path, value: Any) -> Path:
+    """Write `value` as indented JSON to `path` atomically, like `save_checkpoint`."""
+    text = json.dumps(value, indent=2) + "\n"
+    return _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def config_differences(stored: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two config dicts, one `field: a != b` per field.
+
+    Returns:
+        e.g. `["depth: checkpoint 2, expected 6"]`; empty when the configs agree.
+    """
+    missing = object()
+    lines = []
+    for name in sorted(set(stored) | set(expected)):
+        a, b = stored.get(name, missing), expected.get(name, missing)
+        if a != b:
+            a_text = "(absent)" if a is missing else repr(a)
+            b_text = "(absent)" if b is missing else repr(b)
+            lines.append(f"{name}: checkpoint {a_text}, expected {b_text}")
+    return lines
+
+
+def load_checkpoint(
+    path: str | Path,
+    expected_config: MAEConfig | dict[str, Any] | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load a checkpoint written by `save_checkpoint`, safely (`weights_only=True`).
+
+    Args:
+        path: the `.pt` file.
+        expected_config: when given, the stored model config must equal it field by field.
+        map_location: where tensors are loaded (the CPU by default).
+
+    Returns:
+        The stored dict; it holds at least `model` (a state_dict) and `config` (a dict).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is corrupt, truncated or not a checkpoint (the message names the file),
+            or its config differs from `expected_config` (the message names every differing field
+            with both values).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types here (pickle, zip, runtime errors)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"{path} is not a readable checkpoint (corrupt, truncated or another kind of file): "
+            f"{reason}"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        found = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not an mae_tutorial checkpoint: expected a dict with keys 'model' and "
+            f"'config', found {found}"
+        )
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"{path}: 'config' must be a dict, got {type(state['config']).__name__}")
+    if expected_config is not None:
+        expected = (
+            expected_config.to_dict()
+            if isinstance(expected_config, MAEConfig)
+            else dict(expected_config)
+        )
+        diffs = config_differences(state["config"], expected)
+        if diffs:
+            raise ValueError(f"{path} was saved with a different model config: " + "; ".join(diffs))
+    return state
+
+
+def latest_checkpoint(folder: str | Path) -> Path | None:
+    """The newest checkpoint in `folder`: `checkpoint.pt`, else the highest `epoch_XXXX.pt`.
+
+    Temporary files left by an interrupted write are ignored.
+
+    Returns:
+        The path, or None when `folder` is missing or holds no checkpoint.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    if (folder / LATEST_NAME).is_file():
+        return folder / LATEST_NAME
+    snapshots = [
+        (int(m.group(1)), p)
+        for p in folder.iterdir()
+        if (m := _SNAPSHOT.match(p.name)) is not None and p.is_file()
+    ]
+    return max(snapshots)[1] if snapshots else None
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> MaskedAutoencoder:
+    """Rebuild a `MaskedAutoencoder` from the config stored in a checkpoint and load its weights.
+
+    The state_dict must match the rebuilt model exactly (strict loading). The model is returned in
+    eval mode on `map_location`.
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: the file is not a checkpoint, its config is invalid, or its weights do not fit
+            the model its config describes.
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    try:
+        config = MAEConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds an invalid model config: {err}") from None
+    model = MaskedAutoencoder(config)
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        raise ValueError(
+            f"{path}: the stored weights do not fit the stored config: "
+            + " ".join(line.strip() for line in first[:3])
+        ) from None
+    return model.to(map_location).eval()
