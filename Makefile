@@ -59,7 +59,7 @@ format: $(STAMP) ## reformat the code and apply ruff's safe fixes
 
 # The main job for now; `make book` takes that role once the book exists.
 demo: $(STAMP) ## pretrain a tiny MAE for one epoch on 2000 images, then draw reconstructions
-	$(PY) -m mae_tutorial pretrain --preset tiny --epochs 1 --subset 2000 --out $(DEMO_OUT)
+	$(PY) -m mae_tutorial pretrain --preset tiny --epochs 1 --subset 2000 --out $(DEMO_OUT) --overwrite
 	$(PY) -m mae_tutorial reconstruct --checkpoint $(DEMO_OUT)/checkpoint.pt --out $(DEMO_OUT)
 
 clean: ## remove build outputs, caches and runs/demo (keeps .venv)
