@@ -138,11 +138,10 @@ def load_checkpoint(
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types here (pickle, zip, runtime errors)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    except Exception as err:  # torch raises many types here (pickle, zip, OS, runtime errors)
         raise ValueError(
             f"{path} is not a readable checkpoint (corrupt, truncated or another kind of file): "
-            f"{reason}"
+            f"{_load_error_reason(err)}"
         ) from None
     if not isinstance(state, dict) or not {"model", "config"} <= set(state):
         found = sorted(state) if isinstance(state, dict) else type(state).__name__
@@ -162,6 +161,21 @@ def load_checkpoint(
         if diffs:
             raise ValueError(f"{path} was saved with a different model config: " + "; ".join(diffs))
     return state
+
+
+def _load_error_reason(err: Exception) -> str:
+    """The informative part of `torch.load`'s error (its weights_only advice is wrong here)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        lines = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        detail = (lines[0] if lines else "refused").split(". ")[0].rstrip(".")
+        return (
+            f"{detail}; a checkpoint may hold only tensors and plain containers, anything else is "
+            "refused because unpickling it could run code"
+        )
+    lines = text.strip().splitlines()
+    return lines[0] if lines else type(err).__name__
 
 
 def latest_checkpoint(folder: str | Path) -> Path | None:

@@ -1,0 +1,284 @@
+"""Tests of the pretraining loop: schedule, parameter groups, learning, exact resume after a
+signal, a non-finite loss, refusal of mismatched checkpoints, and torchrun with two processes."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
+from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.pretrain import (
+    HISTORY_NAME,
+    NonFiniteLossError,
+    StepInfo,
+    TrainingInterrupted,
+    TrainSettings,
+    lr_at,
+    masking_noise,
+    param_groups,
+    pretrain,
+    resolve_amp,
+)
+
+N_TRAIN, BATCH = 300, 50  # 6 steps per epoch
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Two CPU cores shared by several jobs: one thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_cifar(tmp_path_factory.mktemp("cifar"), n_train=N_TRAIN, n_test=50)
+
+
+@pytest.fixture(scope="module")
+def data(data_root: Path) -> CIFAR10:
+    return load_cifar10(data_root)
+
+
+def _settings(**overrides: object) -> TrainSettings:
+    values = dict(epochs=3, batch_size=BATCH, warmup_epochs=1, device="cpu", seed=0)
+    return TrainSettings(**{**values, **overrides})
+
+
+def _model(config: MAEConfig | None = None) -> MaskedAutoencoder:
+    torch.manual_seed(0)
+    return MaskedAutoencoder(config or MAEConfig.from_preset("tiny"))
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("epochs", 0),
+        ("batch_size", -1),
+        ("base_lr", 0.0),
+        ("weight_decay", -0.1),
+        ("betas", (0.9, 1.0)),
+        ("warmup_epochs", 5),
+        ("min_lr", 1.0),
+        ("amp", "fp8"),
+        ("seed", -1),
+        ("subset", 0),
+        ("checkpoint_every", 0),
+        ("device", "gpu0"),
+        ("compile", "yes"),
+    ],
+)
+def test_bad_settings_name_the_field(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        _settings(**{field: value})
+
+
+def test_settings_round_trip_through_a_dict() -> None:
+    settings = _settings(betas=[0.9, 0.99], subset=100)
+    assert settings.betas == (0.9, 0.99)  # lists are normalised to tuples
+    assert TrainSettings.from_dict(settings.to_dict()) == settings
+    assert settings.lr == pytest.approx(settings.base_lr * BATCH / 256)
+    assert TrainSettings(epochs=50).warmup == 5.0  # None = 10% of the epochs
+    with pytest.raises(ValueError, match="unknown TrainSettings fields"):
+        TrainSettings.from_dict({"epochs": 1, "lr": 0.1})
+
+
+def test_resolve_amp_on_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_amp("auto", cpu) == (None, False)
+    assert resolve_amp("off", cpu) == (None, False)
+    assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)  # on CPU only when asked
+    with pytest.raises(ValueError, match="fp16"):
+        resolve_amp("fp16", cpu)
+
+
+# ------------------------------------------------------------------ schedule and parameter groups
+
+
+def test_lr_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
+    total, warmup, peak, low = 100, 10, 1e-3, 1e-5
+    lrs = [lr_at(s, total, warmup, peak, low) for s in range(total + 1)]
+    assert lrs[0] == 0.0
+    assert lrs[5] == pytest.approx(peak / 2)  # linear
+    assert all(b > a for a, b in zip(lrs[:warmup], lrs[1 : warmup + 1]))
+    assert lrs[warmup] == pytest.approx(peak) and max(lrs) == lrs[warmup]  # peak ends the warmup
+    assert lrs[55] == pytest.approx((peak + low) / 2)  # the cosine's midpoint
+    assert all(b < a for a, b in zip(lrs[warmup:total], lrs[warmup + 1 :]))
+    assert lrs[total] == pytest.approx(low)
+    assert lrs[total - 1] == pytest.approx(low + (peak - low) * (1 - math.cos(math.pi / 90)) / 2)
+    assert lr_at(0, 10, 0, peak, low) == peak  # no warmup: start at the peak
+
+
+def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
+    model = _model()
+    decay, no_decay = param_groups(model, 0.05)
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    kept = {names[id(p)] for p in no_decay["params"]}
+    assert decayed | kept == set(names.values()) and not decayed & kept
+    assert {"encoder.cls_token", "decoder.mask_token"} <= kept
+    assert all(n.endswith(("bias", "token")) or "norm" in n for n in kept)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert "encoder.patch_embed.proj.weight" in decayed and "decoder.pred.weight" in decayed
+
+
+def test_masking_noise_depends_only_on_seed_and_step() -> None:
+    assert torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 7))
+    assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 8))
+    assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 1, 7))
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_loss_falls_and_history_is_written(data: CIFAR10, tmp_path: Path) -> None:
+    steps: list[StepInfo] = []
+    history = pretrain(_model(), data, _settings(epochs=4), tmp_path, callback=steps.append)
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < 0.93 * history[0]["loss"], history
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == history
+    assert set(history[0]) == {"epoch", "step", "loss", "lr", "time", "images_per_s"}
+    assert [s.step for s in steps] == list(range(1, 25)) and steps[0].lr == 0.0
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 24 and state["history"] == history
+    assert list(tmp_path.glob("epoch_*.pt")) == []  # snapshots only when asked
+
+
+@pytest.mark.parametrize("stop_at", [4, 6])  # mid-epoch, and the last step of an epoch
+def test_resume_after_sigterm_gives_identical_weights(
+    data: CIFAR10, tmp_path: Path, stop_at: int
+) -> None:
+    settings = _settings(keep_snapshots=True)
+    straight = _model()
+    expected = pretrain(straight, data, settings, tmp_path / "straight")
+
+    def send_sigterm(info: StepInfo) -> None:
+        if info.step == stop_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through the real handler
+
+    with pytest.raises(TrainingInterrupted) as info:
+        pretrain(_model(), data, settings, tmp_path / "stopped", callback=send_sigterm)
+    assert info.value.signum == signal.SIGTERM and info.value.step == stop_at
+    assert load_checkpoint(info.value.checkpoint)["step"] == stop_at
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler was removed again
+
+    resumed = _model()
+    history = pretrain(resumed, data, settings, tmp_path / "stopped", resume=True)
+    assert _same_weights(resumed.state_dict(), straight.state_dict())
+    assert [h["loss"] for h in history] == [h["loss"] for h in expected]
+    final = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert _same_weights(final["optimizer"]["state"][0], load_checkpoint(
+        tmp_path / "straight" / "checkpoint.pt")["optimizer"]["state"][0])  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "stopped").glob("epoch_*.pt")) == [
+        "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt",
+    ]  # fmt: skip
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
+    data: CIFAR10, tmp_path: Path
+) -> None:
+    model = _model()
+    calls = {"n": 0}
+
+    def poison(module: torch.nn.Module, inputs: object, output: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 8:  # epoch 2, batch 2
+            output.loss = output.loss * float("nan")
+        return output
+
+    model.register_forward_hook(poison)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(model, data, _settings(), tmp_path)
+    message = str(info.value)
+    assert "non-finite loss nan at step 8 of 18 (epoch 2, batch 2 of 6)" in message
+    assert str(tmp_path / "checkpoint.pt") in message
+    assert info.value.step == 8 and math.isnan(info.value.loss)
+    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6 and math.isfinite(state["last_loss"])
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # never updated with NaN
+
+
+def test_resume_refuses_another_model_config_or_settings(data: CIFAR10, tmp_path: Path) -> None:
+    pretrain(_model(), data, _settings(epochs=1), tmp_path)
+    deeper = _model(MAEConfig.from_preset("tiny", depth=3, norm_pix_loss=False))
+    with pytest.raises(ValueError) as info:
+        pretrain(deeper, data, _settings(epochs=1), tmp_path, resume=True)
+    assert "depth: checkpoint 2, expected 3" in str(info.value)
+    assert "norm_pix_loss: checkpoint True, expected False" in str(info.value)
+    with pytest.raises(ValueError, match="seed: checkpoint 0, expected 1"):
+        pretrain(_model(), data, _settings(epochs=1, seed=1), tmp_path, resume=True)
+
+
+def test_existing_run_is_neither_replaced_silently_nor_lost(data: CIFAR10, tmp_path: Path) -> None:
+    pretrain(_model(), data, _settings(epochs=1), tmp_path)
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        pretrain(_model(), data, _settings(epochs=1), tmp_path)
+    done = pretrain(_model(), data, _settings(epochs=1), tmp_path, resume=True)  # nothing left
+    assert len(done) == 1
+    again = pretrain(_model(), data, _settings(epochs=1, seed=3), tmp_path, overwrite=True)
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["settings"]["seed"] == 3 and len(again) == 1
+
+
+def test_bf16_autocast_on_cpu_when_asked(data: CIFAR10, tmp_path: Path) -> None:
+    history = pretrain(_model(), data, _settings(epochs=1, amp="bf16", subset=100), tmp_path)
+    assert math.isfinite(history[0]["loss"])
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["model"]["decoder.pred.weight"].dtype == (
+        torch.float32
+    )  # weights stay fp32
+
+
+def test_bad_data_and_batch_sizes_are_refused(data: CIFAR10, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="subset=1000 exceeds the 300"):
+        pretrain(_model(), data, _settings(subset=1000), tmp_path)
+    with pytest.raises(ValueError, match="batch_size=400 exceeds the 300"):
+        pretrain(_model(), data, _settings(batch_size=400), tmp_path)
+    with pytest.raises(TypeError, match="uint8"):
+        pretrain(_model(), data.train_images.float(), _settings(), tmp_path)
+
+
+# ------------------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_with_gloo(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        "-m", "mae_tutorial", "pretrain", "--preset", "tiny", "--data-dir", str(data_root),
+        "--subset", "200", "--epochs", "1", "--batch-size", "40", "--device", "cpu",
+        "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert len(summaries) == 1  # only rank 0 prints
+    summary = json.loads(summaries[0])
+    assert summary["epochs"] == 1 and math.isfinite(summary["final_loss"])
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["world_size"] == 2 and state["step"] == 5  # 200 images / 40 per step
+    load_model(out / "checkpoint.pt")  # no "module." prefixes: the unwrapped model was saved
