@@ -72,12 +72,14 @@ def _number(kind: type, low: float, *, strict: bool = False) -> Callable[[str], 
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {kind.__name__}, got {text!r}") from None
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
         if value < low or (strict and value == low):
+            what = "an integer" if kind is int else "a number"
             bound = f"> {low}" if strict else f">= {low}"
-            raise argparse.ArgumentTypeError(f"expected a number {bound}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
         return value
 
     parse.__name__ = kind.__name__  # argparse names the type in its messages

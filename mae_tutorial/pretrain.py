@@ -146,10 +146,10 @@ class TrainSettings:
         if self.device != "auto":
             try:
                 torch.device(self.device)
-            except (RuntimeError, TypeError) as err:
+            except (RuntimeError, TypeError):
                 raise ValueError(
                     f"device must be 'auto' or a torch device such as 'cpu', 'cuda', 'cuda:1', "
-                    f"'mps'; got {self.device!r} ({err})"
+                    f"'mps'; got {self.device!r}"
                 ) from None
 
     @property

@@ -1,0 +1,213 @@
+"""Tests of the command line: help, one-line errors with exit code 2, the JSON summaries, the
+PNG of `reconstruct`, and signals sent to a real `python -m mae_tutorial pretrain` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_tutorial.__main__ import main
+from mae_tutorial.checkpoint import load_checkpoint
+
+SUBCOMMANDS = {
+    "pretrain": ["--preset", "--data-dir", "--subset", "--epochs", "--batch-size", "--base-lr",
+                 "--warmup-epochs", "--mask-ratio", "--norm-pix", "--no-norm-pix", "--out",
+                 "--resume", "--device", "--seed", "--amp", "--compile", "--checkpoint-every"],
+    "linprobe": ["--checkpoint", "--data-dir", "--subset", "--device", "--epochs", "--batch-size"],
+    "knn": ["--checkpoint", "--data-dir", "--subset", "--device", "--k", "--temperature"],
+    "finetune": ["--checkpoint", "--data-dir", "--subset", "--device", "--epochs", "--blocks",
+                 "--from-scratch", "--batch-size"],
+    "reconstruct": ["--checkpoint", "--out", "--n", "--split", "--seed", "--data-dir"],
+}  # fmt: skip
+TINY = ["--preset", "tiny", "--batch-size", "50", "--device", "cpu"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """Two CPU cores shared by several jobs: one thread avoids oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mae_tutorial.data import make_synthetic_cifar
+
+    return make_synthetic_cifar(tmp_path_factory.mktemp("cifar"), n_train=300, n_test=50)
+
+
+def _json_line(stdout: str) -> dict:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "mae_tutorial", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=240, env=ENV)
+
+
+# ---------------------------------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_help_of_every_subcommand(command: str, capsys: pytest.CaptureFixture) -> None:
+    assert main([command, "--help"]) == 0
+    text = capsys.readouterr().out
+    for flag in SUBCOMMANDS[command]:
+        assert flag in text, flag
+    assert "examples:" in text and "default" in text
+    assert "debug" not in text  # the test hooks stay hidden
+
+
+def test_top_level_help_lists_the_subcommands(capsys: pytest.CaptureFixture) -> None:
+    assert main(["--help"]) == 0
+    text = capsys.readouterr().out
+    assert all(command in text for command in SUBCOMMANDS)
+    assert main([]) == 2  # no command: the help goes to stderr, and it is an error
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["pretrain", "--preset", "huge"], "invalid choice: 'huge'"),
+        (["pretrain", "--epochs", "-1"], "--epochs"),
+        (["pretrain", "--epochs", "two"], "expected an integer, got 'two'"),
+        (["pretrain", "--base-lr", "nan"], "--base-lr"),
+        (["pretrain", "--mask-ratio", "1.5"], "ratio in (0, 1)"),
+        (["pretrain", "--data-dir", "{tmp}/nowhere"], "nowhere"),
+        (["pretrain", "--data-dir", "{data}", "--subset", "1000000"], "subset=1000000 exceeds"),
+        (["pretrain", "--data-dir", "{data}", "--warmup-epochs", "300"], "warmup_epochs"),
+        (["pretrain", "--device", "gpu"], "device"),
+        (["pretrain", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+        (["reconstruct", "--checkpoint", "{tmp}/missing.pt"], "missing.pt"),
+        (["linprobe", "--checkpoint", "{tmp}/garbage.pt"], "not a readable checkpoint"),
+        (["knn"], "--checkpoint"),
+        (["finetune", "--data-dir", "{data}"], "give --checkpoint, or --from-scratch --preset"),
+        (["finetune", "--from-scratch", "--preset", "tiny", "--blocks", "9"], "--blocks 9"),
+    ],
+)
+def test_bad_input_gives_one_line_and_exit_code_2(
+    args: list[str], expected: str, tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 10)
+    argv = [a.format(tmp=tmp_path, data=data_root) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert expected in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------------- commands end to end
+
+
+def test_pretrain_then_every_other_command(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    args = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "2", "--out", str(out)]
+    assert main([*args, "--mask-ratio", "0.5", "--no-norm-pix"]) == 0
+    summary = _json_line(capsys.readouterr().out)
+    assert set(summary) >= {"final_loss", "epochs", "checkpoint", "seconds"}
+    assert summary["epochs"] == 2 and summary["checkpoint"] == str(out / "checkpoint.pt")
+    config = load_checkpoint(out / "checkpoint.pt")["config"]
+    assert config["mask_ratio"] == 0.5 and config["norm_pix_loss"] is False
+    assert main(args) == 2  # the folder holds a run: neither --resume nor --overwrite
+    assert "already holds a checkpoint" in capsys.readouterr().err
+
+    checkpoint = ["--checkpoint", str(out / "checkpoint.pt"), "--data-dir", str(data_root)]
+    assert main(["reconstruct", *checkpoint, "--n", "4", "--out", str(tmp_path / "pics")]) == 0
+    png = Path(_json_line(capsys.readouterr().out)["reconstruction"])
+    assert png == tmp_path / "pics" / "reconstruction.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    commands = {
+        "knn": ["--k", "5"],
+        "linprobe": ["--epochs", "2"],
+        "finetune": ["--epochs", "1", "--blocks", "1", "--batch-size", "50"],
+    }
+    for command, extra in commands.items():
+        assert main([command, *checkpoint, "--device", "cpu", *extra]) == 0
+        result = _json_line(capsys.readouterr().out)
+        key = {"knn": "knn_top1", "linprobe": "linprobe_top1", "finetune": "finetune_top1"}
+        assert 0 <= result[key[command]] <= 100, result
+
+
+def test_nan_loss_exits_1_with_the_step_and_keeps_the_checkpoint(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "2", "--out"]
+    assert main([*argv, str(tmp_path), "--debug-nan-at-step", "8"]) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "non-finite loss nan at step 8" in err
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6
+
+
+# ---------------------------------------------------------------------- signals, in subprocesses
+
+
+@pytest.mark.slow
+def test_sigterm_then_resume_matches_an_uninterrupted_run(data_root: Path, tmp_path: Path) -> None:
+    args = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "3", "--seed", "5"]
+    stopped = _cli(*args, "--out", str(tmp_path / "a"), "--debug-stop-after-steps", "8")
+    assert stopped.returncode == 143, stopped.stderr  # 128 + SIGTERM
+    assert _json_line(stopped.stdout) | {"seconds": 0} == {
+        "interrupted": "SIGTERM", "step": 8, "checkpoint": str(tmp_path / "a" / "checkpoint.pt"),
+        "seconds": 0,
+    }  # fmt: skip
+    assert "--resume" in stopped.stdout
+    resumed = _cli(*args, "--out", str(tmp_path / "a"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stdout
+    straight = _cli(*args, "--out", str(tmp_path / "b"))
+    assert straight.returncode == 0, straight.stderr
+    a = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert a["step"] == b["step"] == 18
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"])
+    assert _json_line(resumed.stdout)["final_loss"] == _json_line(straight.stdout)["final_loss"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_real_signal_saves_the_exact_step_and_exits(
+    data_root: Path, tmp_path: Path, signum: int
+) -> None:
+    """Send the signal from outside at an arbitrary moment, after the first checkpoint."""
+    command = [
+        sys.executable, "-m", "mae_tutorial", "pretrain", *TINY, "--data-dir", str(data_root),
+        "--epochs", "1000", "--out", str(tmp_path),
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "checkpoint.pt").exists():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+            time.sleep(0.05)
+        process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    summary = _json_line(stdout)
+    assert summary["interrupted"] == signal.Signals(signum).name
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == summary["step"] >= 6  # at least the first epoch's 6 steps
+    assert [p for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []

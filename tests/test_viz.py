@@ -1,0 +1,68 @@
+"""Tests of the reconstruction pictures: a perfect prediction must reproduce the images exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.data import denormalize, normalize
+from mae_tutorial.losses import normalize_patches
+from mae_tutorial.masking import random_masking
+from mae_tutorial.model import MAEOutput, MaskedAutoencoder
+from mae_tutorial.patches import patchify
+from mae_tutorial.viz import MASK_GREY, reconstruct_images, reconstruction_grid
+
+
+class PerfectMAE(nn.Module):
+    """Predicts every patch exactly (as the loss target), so the pictures can be checked."""
+
+    def __init__(self, config: MAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.unused = nn.Parameter(torch.zeros(1))
+
+    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MAEOutput:
+        target = patchify(images, self.config.patch_size)  # (B, L, P*P*C)
+        _, mask, _ = random_masking(target, self.config.mask_ratio, noise)  # (B, L)
+        pred = normalize_patches(target) if self.config.norm_pix_loss else target
+        return MAEOutput(loss=torch.zeros(()), pred=pred, mask=mask)
+
+
+def _images(n: int = 3) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return normalize(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=generator))
+
+
+@pytest.mark.parametrize("norm_pix", [True, False])
+def test_a_perfect_prediction_reproduces_the_images(norm_pix: bool) -> None:
+    config = MAEConfig.from_preset("tiny", norm_pix_loss=norm_pix)
+    model = PerfectMAE(config).train()
+    images = _images()
+    noise = torch.rand(3, config.num_patches, generator=torch.Generator().manual_seed(1))
+    parts = reconstruct_images(model, images, noise)
+    assert model.training  # the mode is restored
+    original = denormalize(images)
+    torch.testing.assert_close(parts["original"], original)
+    torch.testing.assert_close(parts["reconstruction"], original, atol=1e-4, rtol=0)
+    torch.testing.assert_close(parts["pasted"], original, atol=1e-4, rtol=0)
+    mask = parts["mask"]
+    assert mask.shape == (3, config.num_patches) and mask.sum() == 3 * 12  # 75% of 16 removed
+    grid = mask.view(3, 1, 4, 1, 4, 1).expand(3, 3, 4, 8, 4, 8).reshape(3, 3, 32, 32)
+    assert torch.all(parts["masked"][grid == 1] == MASK_GREY)
+    assert torch.equal(parts["masked"][grid == 0], original[grid == 0])
+
+
+def test_reconstruction_grid_draws_four_rows(tmp_path: Path) -> None:
+    model = MaskedAutoencoder(MAEConfig.from_preset("tiny"))
+    fig = reconstruction_grid(model, _images(5))
+    assert isinstance(fig, Figure) and len(fig.axes) == 4 * 5
+    assert [fig.axes[5 * r].get_ylabel() for r in range(4)] == [
+        "original", "masked 75%", "reconstruction", "reconstruction\n+ visible",
+    ]  # fmt: skip
+    fig.savefig(tmp_path / "grid.png")
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
