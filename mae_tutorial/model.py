@@ -145,7 +145,8 @@ class MAEDecoder(nn.Module):
         self.config = config
         e = config.decoder_embed_dim
         self.decoder_embed = nn.Linear(config.embed_dim, e)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, e))
+        if not config.mask_token_in_encoder:  # in that ablation the encoder fills the gaps instead
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, e))
         pos = sincos_pos_embed_2d(e, config.grid_size, cls_token=True)
         self.register_buffer("decoder_pos_embed", pos[None])  # (1, 1 + L, E), fixed
         self.blocks = nn.ModuleList(
@@ -203,10 +204,9 @@ class MaskedAutoencoder(nn.Module):
         self.decoder = MAEDecoder(config)
         self.apply(init_weights)
         nn.init.xavier_uniform_(self.encoder.patch_embed.proj.weight)  # as a conv's (D, C*P*P)
-        for token in (self.encoder.cls_token, self.decoder.mask_token):
-            nn.init.normal_(token, std=0.02)
-        if config.mask_token_in_encoder:
-            nn.init.normal_(self.encoder.mask_token, std=0.02)
+        nn.init.normal_(self.encoder.cls_token, std=0.02)
+        mask_owner = self.encoder if config.mask_token_in_encoder else self.decoder
+        nn.init.normal_(mask_owner.mask_token, std=0.02)
 
     def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MAEOutput:
         latent, mask, ids_restore = self.encoder.forward_masked(
