@@ -60,8 +60,19 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{self.prog}: error: {message} (see --help)")
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults after each option, and keep the description's and epilog's line breaks."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Keep the description's and epilog's line breaks; show each option's default unless its
+    help already explains it (or there is none to show)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or not action.option_strings
+            or any(action.default is nothing for nothing in (None, False, argparse.SUPPRESS))
+        ):
+            return text
+        return f"{text} (default: %(default)s)".lstrip()
 
 
 # ------------------------------------------------------------------------------ argument types
@@ -394,7 +405,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-lr", type=_positive_float, default=_DEFAULTS.base_lr,
         help="lr per 256 images: peak lr = base_lr * batch_size / 256",
     )  # fmt: skip
-    p.add_argument("--weight-decay", type=_nonneg_float, default=_DEFAULTS.weight_decay)
+    p.add_argument(
+        "--weight-decay", type=_nonneg_float, default=_DEFAULTS.weight_decay,
+        help="AdamW weight decay of weight matrices (none on norms, biases, tokens)",
+    )  # fmt: skip
     p.add_argument(
         "--warmup-epochs", type=_nonneg_float, default=None,
         help="linear warmup length in epochs (fractions allowed); default: 10%% of --epochs",
@@ -495,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layer-decay", type=_positive_float, default=0.75, help="lr scale per block (1 = none)"
     )
-    p.add_argument("--weight-decay", type=_nonneg_float, default=0.05)
+    p.add_argument("--weight-decay", type=_nonneg_float, default=0.05, help="AdamW weight decay")
     p.add_argument("--drop-path", type=_nonneg_float, default=0.1, help="stochastic depth rate")
     p.add_argument(
         "--warmup-epochs", type=_nonneg_float, default=None,
@@ -555,6 +569,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
     except NonFiniteLossError as err:
         print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
         return 1

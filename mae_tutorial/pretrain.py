@@ -96,7 +96,9 @@ class TrainSettings:
     # 10x the paper's 1.5e-4. The paper trains with batch 4096, i.e. at an absolute lr of 2.4e-3;
     # at CIFAR's usual batch of 256 the linear rule would give 1.5e-4, which learns far too slowly
     # in the few hundred epochs a CIFAR run gets (CIFAR reproductions keep the absolute lr near the
-    # paper's, e.g. by accumulating to 4096). 1.5e-3 at batch 256 trains the presets stably.
+    # paper's, e.g. by accumulating to 4096). Measured on the `cpu` preset, 5000 real images, 6
+    # epochs, batch 256: final loss 0.826 at 1.5e-4, 0.798 at 1.5e-3, 0.787 at 4e-3. 1.5e-3 takes
+    # most of the gain while staying well below the absolute lr the paper used for deeper models.
     base_lr: float = 1.5e-3
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
