@@ -639,11 +639,11 @@ class _Run:
                 self.partial["steps"] += 1
                 self.partial["time"] += seconds
                 self.partial["images"] += images
-                bar.update(1)
                 bar.set_postfix(
                     epoch=epoch + 1, loss=f"{loss_value:.4f}", lr=f"{lr:.2e}",
                     img_s=f"{images / seconds:.0f}", refresh=False,
                 )  # fmt: skip
+                bar.update(1)
                 if callback is not None:
                     callback(
                         StepInfo(

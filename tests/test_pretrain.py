@@ -265,6 +265,8 @@ def test_bad_data_and_batch_sizes_are_refused(data: CIFAR10, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_with_gloo(data_root: Path, tmp_path: Path) -> None:
+    """Two CPU processes (gloo): a SIGTERM at step 3 stops both at that step with one checkpoint,
+    and --resume finishes the epoch. (torchrun itself exits 1 when a worker exits 143.)"""
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -273,7 +275,15 @@ def test_torchrun_two_processes_with_gloo(data_root: Path, tmp_path: Path) -> No
         "--out", str(out),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=env)
+    stopped = subprocess.run(
+        [*command, "--debug-stop-after-steps", "3"], capture_output=True, text=True, timeout=240,
+        env=env,
+    )  # fmt: skip
+    assert stopped.returncode == 1 and "exitcode  : 143" in stopped.stderr, stopped.stderr
+    assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
+    result = subprocess.run(
+        [*command, "--resume"], capture_output=True, text=True, timeout=240, env=env
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # only rank 0 prints
