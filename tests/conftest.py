@@ -1,13 +1,20 @@
-"""Shared fixtures for the model-core tests: seeded RNG, the tiny preset, images and noise."""
+"""Shared fixtures: seeded RNG, the tiny preset, images and noise, synthetic CIFAR-10 on disk."""
 
 from __future__ import annotations
 
+import hashlib
+import tarfile
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
 
 from mae_tutorial.config import MAEConfig
+from mae_tutorial.data import make_synthetic_cifar
+from mae_tutorial.download import CIFAR10_FOLDER
+
+N_TRAIN, N_TEST = 500, 100
 
 
 @pytest.fixture(autouse=True)
@@ -51,3 +58,25 @@ def make_noise() -> Callable[..., torch.Tensor]:
         return torch.rand(batch, config.num_patches, generator=gen)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_synthetic_cifar(tmp_path_factory.mktemp("synthetic"), N_TRAIN, N_TEST, seed=0)
+
+
+@pytest.fixture(scope="session")
+def archive(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A .tar.gz of the synthetic folder laid out like the official archive, and its MD5."""
+    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(synthetic_root / CIFAR10_FOLDER, arcname=CIFAR10_FOLDER)
+    return path, hashlib.md5(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No MAE_TUTORIAL_DATA, and an empty cache under a temporary XDG_CACHE_HOME."""
+    monkeypatch.delenv("MAE_TUTORIAL_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    return tmp_path / "xdg" / "mae_tutorial"

@@ -1,15 +1,12 @@
-"""Tests for mae_tutorial.data: finding, downloading, reading, augmenting and batching CIFAR-10.
+"""Tests for mae_tutorial.data: reading, augmenting and batching CIFAR-10.
 
 Everything runs on small synthetic data in the CIFAR format, on the CPU, without the network
-(downloads use ``file://`` URLs). One test reads the real offline copy when it is available.
+One test reads the real offline copy when it is available.
 """
 
-import hashlib
-import io
 import os
 import pickle
 import shutil
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,52 +15,23 @@ import torch
 from mae_tutorial.data import (
     CIFAR10,
     CIFAR10_CLASSES,
-    CIFAR10_FOLDER,
     CIFAR10_MEAN,
     DeviceLoader,
     denormalize,
-    download_cifar10,
-    extract_archive_safely,
     load_cifar10,
     make_synthetic_cifar,
     normalize,
     random_crop_flip,
     random_resized_crop_flip,
-    read_batch,
 )
+from mae_tutorial.download import CIFAR10_FOLDER
 
-N_TRAIN, N_TEST = 500, 100
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_synthetic_cifar(tmp_path_factory.mktemp("synthetic"), N_TRAIN, N_TEST, seed=0)
-
-
-@pytest.fixture(scope="module")
-def archive(synthetic_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A .tar.gz of the synthetic folder laid out like the official archive, and its MD5."""
-    path = tmp_path_factory.mktemp("archive") / "cifar-10-python.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.add(synthetic_root / CIFAR10_FOLDER, arcname=CIFAR10_FOLDER)
-    return path, hashlib.md5(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """No MAE_TUTORIAL_DATA, and an empty cache under a temporary XDG_CACHE_HOME."""
-    monkeypatch.delenv("MAE_TUTORIAL_DATA", raising=False)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    return tmp_path / "xdg" / "mae_tutorial"
+N_TRAIN, N_TEST = 500, 100  # the sizes of conftest.synthetic_root
 
 
 @pytest.fixture(scope="module")
 def data(synthetic_root: Path) -> CIFAR10:
     return load_cifar10(synthetic_root, download=False)
-
-
-def _contents(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
 # ------------------------------------------------------------------------------- finding, reading
@@ -105,22 +73,6 @@ def test_missing_data_errors_explain_how_to_point_at_it(tmp_path, cache, monkeyp
     monkeypatch.setenv("MAE_TUTORIAL_DATA", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="MAE_TUTORIAL_DATA=.*neither"):
         load_cifar10()
-
-
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-def test_restricted_unpickler_refuses_other_classes(tmp_path: Path) -> None:
-    marker, path = tmp_path / "pwned", tmp_path / "data_batch_1"
-    path.write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=3))
-    with pytest.raises(ValueError, match=r"data_batch_1.*refusing to load (os|posix)\.system"):
-        read_batch(path)
-    assert not marker.exists()
 
 
 def _copy(synthetic_root: Path, tmp_path: Path) -> Path:
@@ -169,74 +121,6 @@ def test_real_data_if_available() -> None:
     assert real.train_images.shape == (50000, 3, 32, 32) and len(real.test_labels) == 10000
     mean = real.train_images.sum(dim=(0, 2, 3), dtype=torch.int64) / (50000 * 32 * 32 * 255)
     assert torch.allclose(mean, torch.tensor(CIFAR10_MEAN, dtype=mean.dtype), atol=5e-4)
-
-
-# ----------------------------------------------------------------------- download and extraction
-
-
-def _tar_with(tmp_path: Path, member: tarfile.TarInfo) -> Path:
-    path = tmp_path / "bad.tar.gz"
-    with tarfile.open(path, "w:gz") as tar:
-        tar.addfile(tarfile.TarInfo("ok/fine.txt"), io.BytesIO(b""))
-        tar.addfile(member, io.BytesIO(b"evil") if member.isfile() else None)
-    return path
-
-
-def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.type, info.size = kind, 4 if kind == tarfile.REGTYPE else 0
-    if kind == tarfile.SYMTYPE:
-        info.linkname = "/etc/passwd"
-    return info
-
-
-@pytest.mark.parametrize(
-    ("member", "match"),
-    [
-        (_member("../evil"), "leaves"),
-        (_member("ok/../../evil"), "leaves"),
-        (_member("/tmp/evil"), "leaves"),
-        (_member("ok/link", tarfile.SYMTYPE), "a link"),
-        (_member("ok/hard", tarfile.LNKTYPE), "a link"),
-        (_member("ok/fifo", tarfile.FIFOTYPE), "a special file"),
-    ],
-)
-def test_unsafe_members_are_refused_leaving_nothing(tmp_path, member, match) -> None:
-    archive, dest = _tar_with(tmp_path, member), tmp_path / "dest"
-    with pytest.raises(ValueError, match=match):
-        extract_archive_safely(archive, dest)
-    assert _contents(dest) == [] and not (tmp_path / "evil").exists()
-
-
-def test_truncated_archive_is_refused_leaving_nothing(archive, tmp_path) -> None:
-    truncated = tmp_path / "truncated.tar.gz"
-    truncated.write_bytes(archive[0].read_bytes()[: archive[0].stat().st_size // 2])
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        extract_archive_safely(truncated, tmp_path / "dest")
-    assert _contents(tmp_path / "dest") == []
-    md5 = hashlib.md5(truncated.read_bytes()).hexdigest()  # passes the checksum, fails extraction
-    with pytest.raises(ValueError, match="corrupt or truncated"):
-        download_cifar10(tmp_path / "cache", url=truncated.as_uri(), md5=md5, progress=False)
-    assert _contents(tmp_path / "cache") == []
-
-
-def test_checksum_mismatch_is_refused_leaving_nothing(archive, tmp_path) -> None:
-    with pytest.raises(ValueError, match="MD5"):
-        download_cifar10(tmp_path, url=archive[0].as_uri(), md5="0" * 32, progress=False)
-    assert _contents(tmp_path) == []
-
-
-def test_download_end_to_end_into_the_cache(archive, data, cache) -> None:
-    loaded = load_cifar10(url=archive[0].as_uri(), md5=archive[1])
-    assert torch.equal(loaded.train_images, data.train_images)
-    assert [p.name for p in cache.iterdir()] == [CIFAR10_FOLDER]  # no archive or scratch left
-    assert torch.equal(load_cifar10(download=False).test_labels, data.test_labels)
-
-
-def test_failed_download_explains_how_to_point_at_data(tmp_path, cache) -> None:
-    with pytest.raises(RuntimeError, match="MAE_TUTORIAL_DATA"):
-        load_cifar10(url=(tmp_path / "missing.tar.gz").as_uri())
-    assert _contents(cache) == []
 
 
 # -------------------------------------------------------------------- normalisation, augmentation

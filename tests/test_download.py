@@ -1,0 +1,115 @@
+"""Tests for mae_tutorial.download: the cache folder, safe extraction, checksums, safe unpickling.
+
+Downloads use ``file://`` URLs of archives built here from synthetic data: no network.
+"""
+
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_tutorial.data import CIFAR10, load_cifar10
+from mae_tutorial.download import (
+    CIFAR10_FOLDER,
+    download_cifar10,
+    extract_archive_safely,
+    read_batch,
+)
+
+
+@pytest.fixture(scope="module")
+def data(synthetic_root: Path) -> CIFAR10:
+    return load_cifar10(synthetic_root, download=False)
+
+
+def _contents(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_restricted_unpickler_refuses_other_classes(tmp_path: Path) -> None:
+    marker, path = tmp_path / "pwned", tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": _Evil(marker)}, protocol=3))
+    with pytest.raises(ValueError, match=r"data_batch_1.*refusing to load (os|posix)\.system"):
+        read_batch(path)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------- download and extraction
+
+
+def _tar_with(tmp_path: Path, member: tarfile.TarInfo) -> Path:
+    path = tmp_path / "bad.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("ok/fine.txt"), io.BytesIO(b""))
+        tar.addfile(member, io.BytesIO(b"evil") if member.isfile() else None)
+    return path
+
+
+def _member(name: str, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, 4 if kind == tarfile.REGTYPE else 0
+    if kind == tarfile.SYMTYPE:
+        info.linkname = "/etc/passwd"
+    return info
+
+
+@pytest.mark.parametrize(
+    ("member", "match"),
+    [
+        (_member("../evil"), "leaves"),
+        (_member("ok/../../evil"), "leaves"),
+        (_member("/tmp/evil"), "leaves"),
+        (_member("ok/link", tarfile.SYMTYPE), "a link"),
+        (_member("ok/hard", tarfile.LNKTYPE), "a link"),
+        (_member("ok/fifo", tarfile.FIFOTYPE), "a special file"),
+    ],
+)
+def test_unsafe_members_are_refused_leaving_nothing(tmp_path, member, match) -> None:
+    archive, dest = _tar_with(tmp_path, member), tmp_path / "dest"
+    with pytest.raises(ValueError, match=match):
+        extract_archive_safely(archive, dest)
+    assert _contents(dest) == [] and not (tmp_path / "evil").exists()
+
+
+def test_truncated_archive_is_refused_leaving_nothing(archive, tmp_path) -> None:
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(archive[0].read_bytes()[: archive[0].stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        extract_archive_safely(truncated, tmp_path / "dest")
+    assert _contents(tmp_path / "dest") == []
+    md5 = hashlib.md5(truncated.read_bytes()).hexdigest()  # passes the checksum, fails extraction
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        download_cifar10(tmp_path / "cache", url=truncated.as_uri(), md5=md5, progress=False)
+    assert _contents(tmp_path / "cache") == []
+
+
+def test_checksum_mismatch_is_refused_leaving_nothing(archive, tmp_path) -> None:
+    with pytest.raises(ValueError, match="MD5"):
+        download_cifar10(tmp_path, url=archive[0].as_uri(), md5="0" * 32, progress=False)
+    assert _contents(tmp_path) == []
+
+
+def test_download_end_to_end_into_the_cache(archive, data, cache) -> None:
+    loaded = load_cifar10(url=archive[0].as_uri(), md5=archive[1])
+    assert torch.equal(loaded.train_images, data.train_images)
+    assert [p.name for p in cache.iterdir()] == [CIFAR10_FOLDER]  # no archive or scratch left
+    assert torch.equal(load_cifar10(download=False).test_labels, data.test_labels)
+
+
+def test_failed_download_explains_how_to_point_at_data(tmp_path, cache) -> None:
+    with pytest.raises(RuntimeError, match="MAE_TUTORIAL_DATA"):
+        load_cifar10(url=(tmp_path / "missing.tar.gz").as_uri())
+    assert _contents(cache) == []
