@@ -17,6 +17,7 @@ import copy
 import dataclasses
 import time
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -473,7 +474,7 @@ def _layer_id(name: str, depth: int) -> int:
 
 def layer_decay_param_groups(
     model: ViTClassifier, *, weight_decay: float = 0.05, layer_decay: float = 0.75
-) -> list[dict]:
+) -> list[dict[str, Any]]:
     """AdamW parameter groups with layer-wise lr decay (BEiT, ELECTRA; the official MAE's idea).
 
     Block i (0-based) gets lr scale layer_decay ** (depth - i), the patch embedding and tokens
@@ -482,7 +483,7 @@ def layer_decay_param_groups(
     parameters are left out. Each group carries its "lr_scale" for the schedule to multiply.
     """
     depth = len(model.encoder.blocks)
-    groups: dict[tuple[int, bool], dict] = {}
+    groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
@@ -521,7 +522,7 @@ def train_classifier(
     device: torch.device | str | None = None,
     seed: int = 0,
     amp: bool | str = "auto",
-) -> dict:
+) -> dict[str, Any]:
     """Fine-tune `model` in place (moved to `device`) and score it on the test images each epoch.
 
     The official recipe at CIFAR scale: random crop (pad 4) and flip on the device, AdamW
@@ -620,7 +621,7 @@ def finetune(
     device: torch.device | str | None = None,
     seed: int = 0,
     amp: bool | str = "auto",
-) -> dict:
+) -> dict[str, Any]:
     """Fine-tune a pretrained MAE's encoder (or a random one) on the labels; full or partial.
 
     `build_finetune_model` makes the classifier, `train_classifier` trains it; use them directly
