@@ -33,6 +33,7 @@ from mae_tutorial.checkpoint import latest_checkpoint, load_model
 from mae_tutorial.config import PRESETS, MAEConfig
 from mae_tutorial.data import CIFAR10, load_cifar10
 from mae_tutorial.distributed import env_rank
+from mae_tutorial.evaluate import PROBE_BASE_LR, finetune, knn_eval, linear_probe
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import (
     AMP_MODES,
@@ -245,7 +246,6 @@ def _debug_hooks(
 
 
 def _run_linprobe(args: argparse.Namespace) -> int:
-    from mae_tutorial.evaluate import linear_probe
 
     model = _checkpoint_model(args.checkpoint)
     data = _load_data(args)
@@ -258,7 +258,6 @@ def _run_linprobe(args: argparse.Namespace) -> int:
 
 
 def _run_knn(args: argparse.Namespace) -> int:
-    from mae_tutorial.evaluate import knn_eval
 
     model = _checkpoint_model(args.checkpoint)
     data = _load_data(args)
@@ -271,7 +270,6 @@ def _run_knn(args: argparse.Namespace) -> int:
 
 
 def _run_finetune(args: argparse.Namespace) -> int:
-    from mae_tutorial.evaluate import finetune
 
     if args.checkpoint is None and args.preset is None:
         raise _UsageError(f"{PROG} finetune: error: give --checkpoint, or --from-scratch --preset")
@@ -461,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=1024, help="features per step")
     p.add_argument(
         "--lr", type=_positive_float, default=None,
-        help="peak lr of the head; default: 0.1 * batch_size / 256",
+        help=f"peak lr of the head; default: {PROBE_BASE_LR} * batch_size / 256",
     )  # fmt: skip
     p.set_defaults(run=_run_linprobe)
 
