@@ -27,7 +27,7 @@ endif
 
 DEMO_OUT ?= runs/demo
 
-.PHONY: help venv test lint format demo clean
+.PHONY: help venv test lint format export demo clean
 
 help: ## list the targets (the default)
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) \
@@ -56,6 +56,10 @@ lint: $(STAMP) ## ruff lint and format check, without the tests
 format: $(STAMP) ## reformat the code and apply ruff's safe fixes
 	$(RUFF) format .
 	$(RUFF) check --fix .
+
+export: $(STAMP) ## write the modules the chapters teach from their `#| export` cells
+	$(PY) -m mae_tutorial.export
+	$(RUFF) format --check mae_tutorial
 
 # The main job for now; `make book` takes that role once the book exists.
 demo: $(STAMP) ## pretrain a tiny MAE for one epoch on 2000 images, then draw reconstructions

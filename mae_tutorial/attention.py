@@ -1,3 +1,4 @@
+# Generated from notebooks/02_attention.ipynb by `make export`; edit the notebook, not this file.
 """Multi-head self-attention, written out and fused.
 
 Attention(Q, K, V) = softmax(Q K^T / sqrt(d)) V, computed for h heads of width d = D / h at once.

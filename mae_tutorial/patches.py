@@ -1,3 +1,4 @@
+# Generated from notebooks/01_patches.ipynb by `make export`; edit the notebook, not this file.
 """Images as sequences of patches: `patchify`, its inverse `unpatchify`, and `PatchEmbed`.
 
 A patch vector is laid out (row in patch, column in patch, channel), the einops pattern

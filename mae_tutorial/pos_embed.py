@@ -1,3 +1,4 @@
+# Generated from notebooks/01_patches.ipynb by `make export`; edit the notebook, not this file.
 """Fixed 2-D sin-cos position embeddings, as the MAE paper uses in encoder and decoder.
 
 Half of the D channels encode the patch's row, half its column; each half is the 1-D sin-cos table

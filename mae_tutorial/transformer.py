@@ -1,3 +1,4 @@
+# Generated from notebooks/02_attention.ipynb by `make export`; edit the notebook, not this file.
 """The pre-norm transformer block of ViT: x + Attn(LN(x)), then x + MLP(LN(x)).
 
 Encoder and decoder are stacks of the same `Block`; only their widths and depths differ.
