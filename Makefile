@@ -26,12 +26,16 @@ endif
 endif
 
 DEMO_OUT ?= runs/demo
+# Notebook runs and book builds share the machine politely.
+NICE ?= nice -n 10
+JB := $(VENV)/bin/jupyter-book
+CHAPTERS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help venv test lint format export demo clean
+.PHONY: help venv test lint format book execute export notebooks figures demo clean
 
 help: ## list the targets (the default)
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) \
-		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+		| awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,10 +48,18 @@ $(STAMP): requirements.txt pyproject.toml | $(PY)
 
 venv: $(STAMP) ## create .venv and install the package, the book's and the tests' requirements
 
-test: $(STAMP) ## lint, check formatting, run the tests
+test: $(STAMP) ## lint, check formatting, run the tests, then every chapter in quick mode
 	$(RUFF) check .
 	$(RUFF) format --check .
 	TQDM_DISABLE=1 $(PY) -m pytest -q
+	$(MAKE) --no-print-directory notebooks
+
+# Quick mode shrinks every heavy cell; nbval runs each chapter top to bottom, fails on any error,
+# and compares the outputs of the cells tagged `nbval-check-output` with the committed ones.
+# notebooks/conftest.py refuses to run the chapters unless quick mode is set.
+notebooks: $(STAMP) ## run every chapter in quick mode under nbval (part of `make test`)
+	MAE_TUTORIAL_QUICK=1 TQDM_DISABLE=1 $(NICE) $(PY) -m pytest -q \
+		--nbval-lax --nbval-current-env -p no:cacheprovider $(CHAPTERS)
 
 lint: $(STAMP) ## ruff lint and format check, without the tests
 	$(RUFF) check .
@@ -57,11 +69,20 @@ format: $(STAMP) ## reformat the code and apply ruff's safe fixes
 	$(RUFF) format .
 	$(RUFF) check --fix .
 
+book: $(STAMP) ## build the book into _build/html (warnings are errors; notebooks are not re-run)
+	$(NICE) $(JB) build . --warningiserror --nitpick --keep-going
+
+# Full mode: the outputs the book shows. Slow on a CPU; run it after changing a chapter.
+execute: $(STAMP) ## re-run every chapter top to bottom in full mode, saving its outputs in place
+	env -u MAE_TUTORIAL_QUICK TQDM_DISABLE=1 $(NICE) $(PY) -m mae_tutorial.notebook $(CHAPTERS)
+
 export: $(STAMP) ## write the modules the chapters teach from their `#| export` cells
 	$(PY) -m mae_tutorial.export
 	$(RUFF) format --check mae_tutorial
 
-# The main job for now; `make book` takes that role once the book exists.
+figures: $(STAMP) ## redraw the figures of the book's prose pages (book/images)
+	$(NICE) $(PY) book/make_figures.py
+
 demo: $(STAMP) ## pretrain a tiny MAE for one epoch on 2000 images, then draw reconstructions
 	$(PY) -m mae_tutorial pretrain --preset tiny --epochs 1 --subset 2000 --out $(DEMO_OUT) --overwrite
 	$(PY) -m mae_tutorial reconstruct --checkpoint $(DEMO_OUT)/checkpoint.pt --out $(DEMO_OUT)

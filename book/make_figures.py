@@ -1,0 +1,94 @@
+"""Draw the figures of the book's prose pages (the chapters draw their own), with the package's code.
+
+    python book/make_figures.py          (or `make figures`)
+
+writes book/images/intro_masking.png: four CIFAR-10 test images, each cut into 4x4 patches, with
+75% of the patches removed as an MAE removes them, and the 16 patches the encoder sees; and the
+site's icon, book/images/favicon.png: the first of those images, masked. It reads
+CIFAR-10 through `mae_tutorial.data.load_cifar10` (set `MAE_TUTORIAL_DATA`); the images drawn are
+test images 0-3, which the project's offline copy holds bit-exact.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.data import load_cifar10
+from mae_tutorial.masking import random_masking
+from mae_tutorial.patches import patchify, unpatchify
+
+IMAGES = Path(__file__).parent / "images"
+GREY = 0.5  # display value of a removed patch
+
+
+def grid_lines(ax, image_size: int, patch_size: int) -> None:
+    """White lines on the patch borders of an image drawn with `imshow`."""
+    for edge in range(patch_size, image_size, patch_size):
+        ax.axhline(edge - 0.5, color="white", linewidth=0.6)
+        ax.axvline(edge - 0.5, color="white", linewidth=0.6)
+
+
+def intro_masking(path: Path, num_images: int = 4, seed: int = 0) -> None:
+    """The landing page's figure: image, patches, 75% removed, the encoder's input."""
+    config = MAEConfig()  # the package defaults: 32x32 images, 4x4 patches, 75% masked
+    p, size = config.patch_size, config.image_size
+    images = load_cifar10().test_images[:num_images].float() / 255  # (N, C, H, W) in [0, 1]
+    patches = patchify(images, p)  # (N, L, P*P*C)
+    noise = torch.rand(
+        num_images, config.num_patches, generator=torch.Generator().manual_seed(seed)
+    )
+    visible, mask, _ = random_masking(patches, config.mask_ratio, noise=noise)  # (N, K, P*P*C)
+    removed = unpatchify(mask[..., None].expand_as(patches), p, size)  # (N, C, H, W), 1 = removed
+    masked = images * (1 - removed) + GREY * removed
+    side = int(config.num_visible**0.5)  # the K visible patches drawn as a side x side square
+    encoder_input = unpatchify(visible, p, side * p)  # (N, C, side*P, side*P)
+
+    titles = (
+        "CIFAR-10 image\n32 x 32 pixels",
+        f"{config.num_patches} patches\nof {p} x {p} pixels",
+        f"{config.mask_ratio:.0%} of patches\nremoved at random",
+        f"the encoder sees only\nthe {config.num_visible} visible patches",
+    )
+    fig = Figure(figsize=(8, 2.1 * num_images), dpi=100, layout="constrained")
+    axes = fig.subplots(num_images, len(titles))
+    for row in range(num_images):
+        pictures = (images[row], images[row], masked[row], encoder_input[row])
+        for col, picture in enumerate(pictures):
+            ax = axes[row, col]
+            ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col in (1, 2):
+                grid_lines(ax, size, p)
+            if col == 3:
+                grid_lines(ax, side * p, p)
+            if row == 0:
+                ax.set_title(titles[col], fontsize=10)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    favicon(masked[0], path.parent / "favicon.png")
+
+
+def favicon(image: torch.Tensor, path: Path) -> None:
+    """A 64 x 64 pixel icon of one masked image, each pixel drawn as a 2 x 2 block.
+
+    Shapes:
+        image: (C, 32, 32) in [0, 1].
+    """
+    fig = Figure(figsize=(0.64, 0.64), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(image.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    ax.axis("off")
+    fig.savefig(path)
+
+
+def main() -> None:
+    intro_masking(IMAGES / "intro_masking.png")
+
+
+if __name__ == "__main__":
+    main()
