@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,16 @@ from mae_tutorial.data import make_synthetic_cifar
 from mae_tutorial.download import CIFAR10_FOLDER
 
 N_TRAIN, N_TEST = 500, 100
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread() -> Iterator[None]:
+    """The tests' tensors are tiny: one thread is faster for them, and on a 2-core machine shared
+    with other jobs a threaded op can spend most of its time waiting for the other core."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(autouse=True)

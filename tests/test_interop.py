@@ -77,16 +77,6 @@ HF4_TO_OFFICIAL = (
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread; on a busy 2-core machine a threaded Conv2d spends
-    most of its time waiting for a core (60 ms instead of 0.1 ms per call)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def rename(state: dict[str, torch.Tensor], table) -> dict[str, torch.Tensor]:
     out = {}
     for key, tensor in state.items():
