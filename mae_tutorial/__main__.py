@@ -245,27 +245,34 @@ def _debug_hooks(
     return stop
 
 
-def _run_linprobe(args: argparse.Namespace) -> int:
-
+def _probed_model(args: argparse.Namespace) -> MaskedAutoencoder:
+    """The checkpoint's model, or with --random-init the same config freshly initialised."""
     model = _checkpoint_model(args.checkpoint)
+    if not args.random_init:
+        return model
+    torch.manual_seed(args.seed)
+    return MaskedAutoencoder(model.config).eval()
+
+
+def _run_linprobe(args: argparse.Namespace) -> int:
+    model = _probed_model(args)
     data = _load_data(args)
     result = linear_probe(
         model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         device=_eval_device(args.device), seed=args.seed,
     )  # fmt: skip
-    _summary({**result, "checkpoint": args.checkpoint})
+    _summary({**result, "checkpoint": args.checkpoint, "random_init": args.random_init})
     return 0
 
 
 def _run_knn(args: argparse.Namespace) -> int:
-
-    model = _checkpoint_model(args.checkpoint)
+    model = _probed_model(args)
     data = _load_data(args)
     result = knn_eval(
         model, data, k=args.k, temperature=args.temperature, batch_size=args.batch_size,
         device=_eval_device(args.device),
     )  # fmt: skip
-    _summary({**result, "checkpoint": args.checkpoint})
+    _summary({**result, "checkpoint": args.checkpoint, "random_init": args.random_init})
     return 0
 
 
@@ -350,6 +357,15 @@ def _add_eval_options(p: argparse.ArgumentParser, checkpoint_required: bool = Tr
     )
     p.add_argument("--device", default="auto", help="auto (CUDA if available, else CPU), cpu, cuda")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of the head and batch order")
+
+
+def _add_random_init(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--random-init",
+        action="store_true",
+        help="score the checkpoint's architecture freshly initialised (seeded by --seed) instead "
+        "of its weights: the baseline that pretraining must beat",
+    )
 
 
 def _subparser(
@@ -461,6 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--lr", type=_positive_float, default=None,
         help=f"peak lr of the head; default: {PROBE_BASE_LR} * batch_size / 256",
     )  # fmt: skip
+    _add_random_init(p)
     p.set_defaults(run=_run_linprobe)
 
     p = _subparser(
@@ -477,6 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="vote weight exp(similarity / T)",
     )  # fmt: skip
     p.add_argument("--batch-size", type=_positive_int, default=512, help="images per forward pass")
+    _add_random_init(p)
     p.set_defaults(run=_run_knn)
 
     p = _subparser(

@@ -135,6 +135,33 @@ def test_pretrain_then_every_other_command(
         key = {"knn": "knn_top1", "linprobe": "linprobe_top1", "finetune": "finetune_top1"}
         assert 0 <= result[key[command]] <= 100, result
 
+    assert main(["knn", *checkpoint, "--device", "cpu", "--k", "5", "--random-init"]) == 0
+    assert _json_line(capsys.readouterr().out)["random_init"] is True
+
+
+def test_random_init_scores_fresh_weights_of_the_checkpoints_config(tmp_path: Path) -> None:
+    from mae_tutorial.__main__ import _probed_model, build_parser
+    from mae_tutorial.checkpoint import save_checkpoint
+    from mae_tutorial.config import MAEConfig
+    from mae_tutorial.model import MaskedAutoencoder
+
+    config = MAEConfig.from_preset("tiny", depth=1)
+    trained = MaskedAutoencoder(config)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"model": trained.state_dict(), "config": config.to_dict()})
+    args = build_parser().parse_args(["knn", "--checkpoint", str(path), "--seed", "3"])
+    assert torch.equal(_probed_model(args).encoder.blocks[0].mlp.fc1.weight,
+                       trained.encoder.blocks[0].mlp.fc1.weight)  # fmt: skip
+    args.random_init = True
+    fresh = _probed_model(args)
+    torch.manual_seed(3)
+    expected = MaskedAutoencoder(config)
+    assert fresh.config == config
+    for (name, value), reference in zip(fresh.state_dict().items(), expected.state_dict().values()):
+        assert torch.equal(value, reference), name
+    assert not torch.equal(fresh.encoder.blocks[0].mlp.fc1.weight,
+                           trained.encoder.blocks[0].mlp.fc1.weight)  # fmt: skip
+
 
 def test_nan_loss_exits_1_with_the_step_and_keeps_the_checkpoint(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
