@@ -237,7 +237,7 @@ def browser() -> Iterator[DevTools]:
     pytest.importorskip("websockets.sync.client", reason="the browser test needs `websockets`")
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory(prefix="mae-chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="mae-chromium-", ignore_cleanup_errors=True) as profile:
         process = subprocess.Popen(
             [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0"],
             stdout=subprocess.DEVNULL,
