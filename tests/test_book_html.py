@@ -136,7 +136,9 @@ def test_every_internal_link_and_image_resolves() -> None:
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.name)
 def test_chapter_page_exists_and_links_to_colab(notebook: Path) -> None:
     page = chapter_page(notebook)
-    assert page.is_file(), f"{notebook.name} has no page in the built book"
+    assert page.is_file(), (
+        f"{notebook.name} has no page in _build/html: is it in _toc.yml? `make book`"
+    )
     links = set(COLAB.findall(page.read_text(encoding="utf-8")))
     assert links, f"{page.name} has no Colab link"
     for org, repo, branch, file in links:
