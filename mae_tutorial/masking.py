@@ -1,3 +1,4 @@
+# Generated from notebooks/03_masking.ipynb by `make export`; edit the notebook, not this file.
 """Which patches the encoder sees: random masking by an argsort of noise.
 
 Every sampling strategy here is expressed as *noise*: a score per patch where low means "keep".

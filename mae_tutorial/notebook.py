@@ -141,7 +141,8 @@ def setup_notebook(seed: int = 0) -> NotebookSetup:
 def execute_notebook(path: str | Path, kernel_name: str = "python3") -> None:
     """Run a notebook top to bottom in a fresh kernel and save it in place with its outputs.
 
-    The kernel starts in the notebook's folder. Stops at the first cell that raises
+    The kernel starts in the notebook's folder. Widgets' state is not saved: a widget needs a live
+    kernel, so the book shows a static figure in its place. Stops at the first cell that raises
     (`nbclient.exceptions.CellExecutionError`), leaving the file untouched.
     """
     import nbformat
@@ -157,6 +158,9 @@ def execute_notebook(path: str | Path, kernel_name: str = "python3") -> None:
         resources={"metadata": {"path": str(path.parent.resolve())}},
     )
     client.execute()
+    # A widget's saved state would make the book load the widget manager and require.js from a
+    # CDN on that chapter's page; the book shows static figures instead.
+    notebook.metadata.pop("widgets", None)
     nbformat.write(notebook, path)
 
 

@@ -109,3 +109,16 @@ def test_execute_notebook_runs_in_order_without_timing_metadata(tmp_path: Path) 
     assert [cell.execution_count for cell in executed.cells] == [1, 2]
     assert executed.cells[1].outputs[0].text == "42 chapter_folder\n"
     assert all("execution" not in cell.metadata for cell in executed.cells)
+
+
+def test_execute_notebook_saves_no_widget_state(tmp_path: Path) -> None:
+    # Saved widget state would make the book load the widget manager from a CDN.
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.IntSlider(3)")]
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    path = tmp_path / "widget.ipynb"
+    nbformat.write(notebook, path)
+    execute_notebook(path)
+    executed = nbformat.read(path, as_version=4)
+    assert executed.cells[0].outputs, "the widget cell shows nothing"
+    assert "widgets" not in executed.metadata
