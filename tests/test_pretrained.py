@@ -1,0 +1,81 @@
+"""Tests for mae_tutorial.pretrained: packing a checkpoint and loading shipped reference models."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mae_tutorial import pretrained as shipped
+from mae_tutorial.checkpoint import load_checkpoint, save_checkpoint
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.model import MaskedAutoencoder
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> tuple[Path, MaskedAutoencoder]:
+    model = MaskedAutoencoder(MAEConfig.from_preset("tiny"))
+    state = {
+        "model": model.state_dict(),
+        "config": model.config.to_dict(),
+        "optimizer": {"state": {}, "param_groups": []},
+        "history": [{"epoch": 1, "loss": 0.9}],
+        "step": 10,
+    }
+    return save_checkpoint(tmp_path / "checkpoint.pt", state), model
+
+
+def test_pack_keeps_what_a_reader_needs_in_fp16(checkpoint, tmp_path: Path) -> None:
+    path, model = checkpoint
+    out = shipped.pack(path, tmp_path / "ref.pt", command="python -m x", results={"knn": {"a": 1}})
+    state = load_checkpoint(out)
+    assert "optimizer" not in state and state["history"] == [{"epoch": 1, "loss": 0.9}]
+    assert state["command"] == "python -m x" and state["results"] == {"knn": {"a": 1}}
+    assert state["model"]["encoder.blocks.0.attn.qkv.weight"].dtype == torch.float16
+    assert state["model"]["encoder.pos_embed"].dtype == torch.float32  # exact sin-cos table
+    assert torch.equal(state["model"]["encoder.pos_embed"], model.encoder.pos_embed)
+
+
+def test_packed_model_loads_and_matches_within_fp16(checkpoint, tmp_path, monkeypatch) -> None:
+    path, model = checkpoint
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path / "shipped")
+    shipped.pack(path, tmp_path / "shipped" / "toy.pt")
+    assert shipped.available() == ["toy"]
+    loaded = shipped.pretrained("toy")
+    assert not loaded.training and loaded.config == model.config
+    images, noise = torch.randn(2, 3, 32, 32), torch.rand(2, 16)
+    expected, got = model.eval()(images, noise=noise), loaded(images, noise=noise)
+    assert torch.allclose(got.pred, expected.pred, atol=1e-2)
+    assert not torch.equal(got.pred, expected.pred)  # it really was rounded to fp16
+    assert "model" not in shipped.pretrained_info("toy")
+
+
+def test_unknown_name_names_the_known_ones(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path)
+    (tmp_path / "ref.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"'nope'.*\['ref'\]"):
+        shipped.pretrained("nope")
+
+
+def test_command_line_collects_the_json_summaries(checkpoint, tmp_path, monkeypatch) -> None:
+    path, _ = checkpoint
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path / "shipped")
+    probe, knn = tmp_path / "probe.txt", tmp_path / "knn.txt"
+    probe.write_text("features ...\n" + json.dumps({"linprobe_top1": 61.0, "random_init": False}))
+    knn.write_text(json.dumps({"knn_top1": 40.0, "random_init": True}) + "\n")
+    assert (
+        shipped.main([str(path), "toy", "--command", "cmd", "--results", str(probe), str(knn)]) == 0
+    )
+    results = shipped.pretrained_info("toy")["results"]
+    assert results["linprobe"]["linprobe_top1"] == 61.0
+    assert results["random_init_knn"]["knn_top1"] == 40.0
+
+
+@pytest.mark.skipif(not shipped.available(), reason="no reference model shipped yet")
+def test_every_shipped_model_loads_with_its_record() -> None:
+    for name in shipped.available():
+        model = shipped.pretrained(name)
+        info = shipped.pretrained_info(name)
+        assert info["command"].startswith("python -m mae_tutorial pretrain")
+        assert MAEConfig.from_dict(info["config"]) == model.config
+        assert info["history"] and info["results"]
