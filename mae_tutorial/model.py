@@ -1,3 +1,4 @@
+# Generated from notebooks/05_decoder.ipynb by `make export`; edit the notebook, not this file.
 """The masked autoencoder: a ViT encoder on the visible patches, a light decoder on all of them.
 
     images -> patches -> embed + positions -> random_masking -> [cls] + visible -> encoder blocks
