@@ -1,3 +1,4 @@
+# Generated from notebooks/06_loss.ipynb by `make export`; edit the notebook, not this file.
 """The MAE loss: mean squared error on the masked patches only.
 
 With `norm_pix=True` each target patch is first normalised by its own mean and variance (the paper's
