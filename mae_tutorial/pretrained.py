@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if not lines:
             parser.error(f"{file} holds no JSON summary line")
         summary = json.loads(lines[-1])
-        kinds = [key[: -len("_top1")] for key in summary if key.endswith("_top1")]
+        kinds = [kind for kind in ("linprobe", "knn", "finetune") if f"{kind}_top1" in summary]
         if len(kinds) != 1:
             parser.error(f"{file}: expected one of linprobe/knn/finetune's summaries")
         name = ("random_init_" if summary.get("random_init") else "") + kinds[0]
