@@ -44,6 +44,8 @@ $(PY):
 $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install '$(TORCH)'
 	$(PY) -m pip install -r requirements.txt -e '.[test]'
+	# A benchmark peer (benchmarks/train_step.py); --no-deps keeps torchvision and its CUDA torch out.
+	$(PY) -m pip install --no-deps vit-pytorch
 	touch $@
 
 venv: $(STAMP) ## create .venv and install the package, the book's and the tests' requirements
