@@ -28,22 +28,18 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import endless_batches, load_images, time_interleaved
 
 from mae_tutorial import MAEConfig, MaskedAutoencoder
 from mae_tutorial.config import PRESETS
 from mae_tutorial.data import (
     DeviceLoader,
-    load_cifar10,
-    make_synthetic_cifar,
     random_resized_crop_flip,
 )
 from mae_tutorial.pretrain import (
@@ -58,22 +54,6 @@ from mae_tutorial.pretrain import (
 
 SYNTHETIC_IMAGES = 5000  # enough for several epochs' worth of distinct batches without real data
 SMOKE_IMAGES = 64
-
-
-def load_images(data_dir: str | None, n_synthetic: int, scratch: Path) -> tuple[torch.Tensor, str]:
-    """The training images, and a description of where they came from.
-
-    Real CIFAR-10 when `data_dir` or `$MAE_TUTORIAL_DATA` names a folder holding it (never a
-    download); otherwise `n_synthetic` images from `make_synthetic_cifar`, written under `scratch`.
-
-    Shapes:
-        -> (N, 3, 32, 32) uint8 on the CPU.
-    """
-    root = data_dir or os.environ.get("MAE_TUTORIAL_DATA") or None
-    if root is not None:
-        return load_cifar10(root, download=False).train_images, f"CIFAR-10 ({root})"
-    folder = make_synthetic_cifar(scratch, n_train=n_synthetic, n_test=10, seed=0)
-    return load_cifar10(folder, download=False).train_images, f"synthetic ({n_synthetic} images)"
 
 
 def make_update(
@@ -106,42 +86,6 @@ def make_update(
         return loss
 
     return update
-
-
-def endless_batches(loader: DeviceLoader) -> Iterator[torch.Tensor]:
-    """The loader's batches epoch after epoch, as the training loop visits them."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        for x, _ in loader:
-            yield x  # (B, C, H, W) normalised and augmented, on the device
-        epoch += 1
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_interleaved(
-    paths: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int, n: int
-) -> dict[str, float]:
-    """Median seconds per step of each closure; each round runs every closure `n` times, in an
-    order rotated by one per round so no path always runs first after another."""
-    for path in paths.values():
-        for _ in range(warmup):
-            path()
-    names = list(paths)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(n):
-                paths[name]()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / n)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def build_paths(

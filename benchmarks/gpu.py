@@ -31,23 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from common import endless_batches, load_images, sync, time_interleaved
 from torch.utils.flop_counter import FlopCounterMode
 
 from mae_tutorial import MAEConfig, MaskedAutoencoder
 from mae_tutorial.config import PRESETS
 from mae_tutorial.data import (
     DeviceLoader,
-    load_cifar10,
-    make_synthetic_cifar,
     normalize,
     random_resized_crop_flip,
 )
@@ -88,24 +84,6 @@ def peak_tflops_for(device: torch.device) -> float | None:
 
 def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-
-
-def load_images(data_dir: str | None, n_synthetic: int, scratch: Path) -> tuple[torch.Tensor, str]:
-    """Real CIFAR-10 from `data_dir` or `$MAE_TUTORIAL_DATA` (never downloaded), else synthetic.
-
-    Shapes:
-        -> (N, 3, 32, 32) uint8 on the CPU.
-    """
-    root = data_dir or os.environ.get("MAE_TUTORIAL_DATA") or None
-    if root is not None:
-        return load_cifar10(root, download=False).train_images, f"CIFAR-10 ({root})"
-    folder = make_synthetic_cifar(scratch, n_train=n_synthetic, n_test=10, seed=0)
-    return load_cifar10(folder, download=False).train_images, f"synthetic ({n_synthetic} images)"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Trainer:
@@ -174,16 +152,6 @@ class Trainer:
         return counter.get_total_flops(), any("attention" in op for op in ops)
 
 
-def endless_batches(loader: DeviceLoader) -> Iterator[torch.Tensor]:
-    """The loader's batches epoch after epoch, as the training loop visits them."""
-    epoch = 0
-    while True:
-        loader.set_epoch(epoch)
-        for x, _ in loader:
-            yield x  # (B, C, H, W) normalised and augmented, on the device
-        epoch += 1
-
-
 def build_paths(
     trainer: Trainer,
     config: MAEConfig,
@@ -238,27 +206,6 @@ def build_paths(
 
     paths = {"model only": model_only, "pipeline": pipeline, "pipeline, async": pipeline_async}
     return paths, async_mean_loss
-
-
-def time_interleaved(
-    paths: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int, n: int
-) -> dict[str, float]:
-    """Median seconds per step of each closure over `repeats` rounds of `n` steps each, the order
-    rotated by one per round."""
-    for path in paths.values():
-        for _ in range(warmup):
-            path()
-    names = list(paths)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(n):
-                paths[name]()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / n)
-    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def profile(path: Callable[[], None], device: torch.device, steps: int, trace: str) -> None:

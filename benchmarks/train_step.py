@@ -18,15 +18,14 @@ import argparse
 import contextlib
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from common import time_interleaved
 
 from mae_tutorial import MAEConfig, MaskedAutoencoder
 
@@ -132,30 +131,6 @@ def make_step(name: str, s: Sizes, device: torch.device, mode: str) -> Callable[
     return step
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_steps(
-    steps: dict[str, Callable[[], None]], device: torch.device, warmup: int, repeats: int, n: int
-) -> dict[str, float]:
-    """Median seconds per step of each closure, measured interleaved."""
-    for step in steps.values():
-        for _ in range(warmup):
-            step()
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(n):
-                step()
-            sync(device)
-            times[name].append((time.perf_counter() - start) / n)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
 def peak_memory_mb(name: str, s: Sizes, device: torch.device, mode: str) -> float:
     """Peak memory of two training steps of one model, measured alone in a fresh process."""
     command = [
@@ -239,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, dict[str, float]]] = {}
     for mode in modes:
         steps = {name: make_step(name, s, device, mode) for name in names}
-        seconds = time_steps(steps, device, args.warmup, args.repeats, args.steps)
+        seconds = time_interleaved(steps, device, args.warmup, args.repeats, args.steps)
         results[mode] = {n: {"images_per_s": s.batch / t, "ms_per_step": 1e3 * t} for n, t in seconds.items()}  # fmt: skip
         if not args.no_memory:
             for name in names:
