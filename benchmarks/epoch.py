@@ -45,9 +45,11 @@ from mae_tutorial.data import (
 from mae_tutorial.pretrain import (
     AMP_MODES,
     TrainSettings,
+    forward_loss,
     lr_at,
+    make_optimizer,
     masking_noise,
-    param_groups,
+    optimizer_step,
     resolve_amp,
     resolve_device,
 )
@@ -59,8 +61,7 @@ SMOKE_IMAGES = 64
 def make_update(
     model: MaskedAutoencoder, settings: TrainSettings, device: torch.device, amp: str
 ) -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]:
-    """One optimiser step as `pretrain.py` takes it: autocast forward, zero_grad, (scaled) backward,
-    AdamW step. `pretrain.py` has no public step function, so this mirrors its loop body.
+    """One optimiser step as `pretrain.py` takes it, from the same public pieces.
 
     Returns:
         `update(x, noise, lr) -> loss`, the loss left on the device (no synchronisation).
@@ -68,21 +69,13 @@ def make_update(
     Shapes:
         x: (B, C, H, W) float, noise: (B, L) on the device -> loss ().
     """
-    optimizer = torch.optim.AdamW(
-        param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
-    )
+    optimizer = make_optimizer(model, settings)
     autocast_dtype, use_scaler = resolve_amp(amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
 
     def update(x: torch.Tensor, noise: torch.Tensor, lr: float) -> torch.Tensor:
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = model(x, noise=noise).loss
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        loss = forward_loss(model, x, noise, autocast_dtype)
+        optimizer_step(loss, optimizer, scaler, lr)
         return loss
 
     return update

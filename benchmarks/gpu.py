@@ -50,9 +50,11 @@ from mae_tutorial.data import (
 from mae_tutorial.pretrain import (
     AMP_MODES,
     TrainSettings,
+    forward_loss,
     lr_at,
+    make_optimizer,
     masking_noise,
-    param_groups,
+    optimizer_step,
     resolve_amp,
     resolve_device,
 )
@@ -89,7 +91,7 @@ def device_name(device: torch.device) -> str:
 class Trainer:
     """One model, its (optionally compiled) forward and one AdamW, stepped as `pretrain.py` does.
 
-    `pretrain.py` keeps its step inside the loop, so the step is restated here from public parts.
+    The step is `pretrain.py`'s own: `forward_loss` then `optimizer_step`.
     """
 
     def __init__(
@@ -106,19 +108,10 @@ class Trainer:
         if compile_mode is not None:
             mode = None if compile_mode == "default" else compile_mode
             self.net = torch.compile(self.model, mode=mode)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, settings.weight_decay),
-            lr=settings.lr,
-            betas=settings.betas,
-            fused=True if fused_adamw else None,
-        )
+        self.optimizer = make_optimizer(self.model, settings, fused=True if fused_adamw else None)
         self.device = device
         self.autocast_dtype, use_scaler = resolve_amp(settings.amp, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-
-    def autocast(self) -> torch.autocast:
-        dtype = self.autocast_dtype
-        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def step(self, x: torch.Tensor, noise: torch.Tensor, lr: float) -> torch.Tensor:
         """One optimiser step; the loss is returned on the device, unsynchronised.
@@ -126,14 +119,8 @@ class Trainer:
         Shapes:
             x: (B, C, H, W), noise: (B, L) -> loss ().
         """
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        with self.autocast():
-            loss = self.net(x, noise=noise).loss
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        loss = forward_loss(self.net, x, noise, self.autocast_dtype)
+        optimizer_step(loss, self.optimizer, self.scaler, lr)
         return loss
 
     def flops_per_step(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[int, bool]:
@@ -143,8 +130,8 @@ class Trainer:
             x: (B, C, H, W), noise: (B, L).
         """
         counter = FlopCounterMode(display=False)
-        with counter, self.autocast():
-            loss = self.model(x, noise=noise).loss
+        with counter:
+            loss = forward_loss(self.model, x, noise, self.autocast_dtype)
         with counter:
             loss.backward()
         self.optimizer.zero_grad(set_to_none=True)

@@ -271,6 +271,45 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
+def make_optimizer(
+    model: nn.Module, settings: TrainSettings, fused: bool | None = None
+) -> torch.optim.AdamW:
+    """The paper's AdamW: `settings`' betas and peak lr, weight decay on weight matrices only."""
+    return torch.optim.AdamW(
+        param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas,
+        fused=fused,
+    )  # fmt: skip
+
+
+def forward_loss(
+    net: nn.Module, x: torch.Tensor, noise: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> torch.Tensor:
+    """The MAE loss of one batch, under autocast when `autocast_dtype` is set (see `resolve_amp`).
+
+    Shapes:
+        x: (B, C, H, W) normalised, noise: (B, L) -> loss ().
+    """
+    enabled = autocast_dtype is not None
+    with torch.autocast(x.device.type, dtype=autocast_dtype, enabled=enabled):
+        return net(x, noise=noise).loss
+
+
+def optimizer_step(
+    loss: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    lr: float,
+) -> None:
+    """Backpropagate `loss` and take one optimiser step at learning rate `lr` (the loss is scaled
+    first when fp16 needs a GradScaler; a disabled scaler is a no-op)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """Turn "auto" or a device string into a usable `torch.device`, checking it exists.
 
@@ -487,9 +526,7 @@ class _Run:
         self.steps_per_epoch = len(self.loader)
         self.total_steps = self.steps_per_epoch * settings.epochs
         self.warmup_steps = round(settings.warmup * self.steps_per_epoch)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(model, settings.weight_decay), lr=settings.lr, betas=settings.betas
-        )
+        self.optimizer = make_optimizer(model, settings)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.partial = {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
@@ -615,23 +652,15 @@ class _Run:
                     self.step, self.total_steps, self.warmup_steps, self.settings.lr,
                     self.settings.min_lr,
                 )  # fmt: skip
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
                 noise = masking_noise(
                     x.shape[0], num_patches, self.settings.seed, self.step, self.info.rank
                 ).to(self.device)  # (B, L)
-                with torch.autocast(
-                    self.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
-                ):
-                    loss = net(x, noise=noise).loss
+                loss = forward_loss(net, x, noise, autocast_dtype)
                 total = all_reduce_sum(loss.detach().float().reshape(1).clone(), self.info)
                 loss_value = total.item() / self.info.world_size
-                if not math.isfinite(loss_value):
+                if not math.isfinite(loss_value):  # checked before any update touches the weights
                     self._non_finite(loss_value, epoch, index)
-                self.optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(self.optimizer)
-                scaler.update()
+                optimizer_step(loss, self.optimizer, scaler, lr)
                 self.step += 1
                 seconds = time.perf_counter() - tic
                 images = x.shape[0] * self.info.world_size
