@@ -38,6 +38,7 @@ from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import (
     AMP_MODES,
     HISTORY_NAME,
+    MASKING_KINDS,
     NonFiniteLossError,
     StepInfo,
     TrainingInterrupted,
@@ -174,6 +175,7 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         keep_snapshots=args.keep_snapshots,
         subset=args.subset,
         device=args.device,
+        masking=args.masking,
     )
     data = load_cifar10(args.data_dir)
     torch.manual_seed(args.seed)
@@ -435,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--norm-pix", action=argparse.BooleanOptionalAction, default=None,
         help="regress per-patch normalised pixels; default: the preset's (on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--masking", default=_DEFAULTS.masking, choices=MASKING_KINDS,
+        help="how removed patches are sampled; grid keeps 1 in 2x2 (needs --mask-ratio 0.75)",
     )  # fmt: skip
     p.add_argument("--out", default="runs/pretrain", metavar="DIR", help="output folder")
     p.add_argument(

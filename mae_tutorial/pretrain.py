@@ -52,16 +52,19 @@ from mae_tutorial.distributed import (
     env_local_rank,
     init_distributed,
 )
+from mae_tutorial.masking import block_noise, grid_noise
 from mae_tutorial.model import MaskedAutoencoder
 
 HISTORY_NAME = "history.json"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+# How the removed patches are chosen (the paper's Figure 6 and Table 1f); see `masking_noise`.
+MASKING_KINDS = ("random", "block", "grid")
 CHECKPOINT_KIND = "mae_tutorial.pretrain"
 # Settings that shape the trajectory: a resumed run must use the same ones to end where an
 # uninterrupted run would. The others (device, amp, compile, checkpointing) may change.
 RUN_FIELDS = (
     "epochs", "batch_size", "base_lr", "weight_decay", "betas", "warmup_epochs", "min_lr", "seed",
-    "subset",
+    "subset", "masking",
 )  # fmt: skip
 
 
@@ -89,6 +92,9 @@ class TrainSettings:
         keep_snapshots: also keep a copy `epoch_XXXX.pt` of each of those checkpoints.
         subset: train on the first `subset` training images only; None for all of them.
         device: "auto" (CUDA, then MPS, then CPU) or a torch device string such as "cuda:1".
+        masking: how the removed patches are sampled: "random" (uniform, the paper's default),
+            "block" (large rectangles, as BEiT) or "grid" (one kept patch per 2 x 2 cell, which
+            needs the model's mask_ratio to be 0.75).
     """
 
     epochs: int = 200
@@ -113,6 +119,7 @@ class TrainSettings:
     keep_snapshots: bool = False
     subset: int | None = None
     device: str = "auto"
+    masking: str = "random"
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "checkpoint_every"):
@@ -140,6 +147,8 @@ class TrainSettings:
             raise ValueError(
                 f"warmup_epochs must lie in [0, epochs={self.epochs}], got {self.warmup_epochs!r}"
             )
+        if self.masking not in MASKING_KINDS:
+            raise ValueError(f"masking must be one of {MASKING_KINDS}, got {self.masking!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         for name in ("compile", "keep_snapshots"):
@@ -358,15 +367,58 @@ def _seed(*values: int) -> int:
     return int(state >> np.uint64(1))
 
 
+GRID_STRIDE = 2  # grid masking keeps one patch in every 2 x 2 cell
+
+
+def check_masking(kind: str, num_patches: int, mask_ratio: float) -> None:
+    """Raise `ValueError` unless masking `kind` can remove `mask_ratio` of `num_patches` patches.
+
+    Grid masking keeps one patch per `GRID_STRIDE` x `GRID_STRIDE` cell, so it fixes the ratio at
+    1 - 1/stride**2 (0.75) and needs a square grid whose side the stride divides.
+    """
+    if kind not in MASKING_KINDS:
+        raise ValueError(f"masking must be one of {MASKING_KINDS}, got {kind!r}")
+    if kind != "grid":
+        return
+    side = math.isqrt(num_patches)
+    ratio = 1 - 1 / GRID_STRIDE**2
+    if side * side != num_patches or side % GRID_STRIDE:
+        raise ValueError(
+            f"grid masking needs a square grid whose side is divisible by {GRID_STRIDE}, got "
+            f"{num_patches} patches"
+        )
+    if not math.isclose(mask_ratio, ratio):
+        raise ValueError(
+            f"grid masking keeps 1 patch in {GRID_STRIDE}x{GRID_STRIDE}, i.e. mask_ratio={ratio}; "
+            f"got mask_ratio={mask_ratio}"
+        )
+
+
 def masking_noise(
-    batch: int, num_patches: int, seed: int, step: int, rank: int = 0
+    batch: int,
+    num_patches: int,
+    seed: int,
+    step: int,
+    rank: int = 0,
+    kind: str = "random",
+    mask_ratio: float = 0.75,
 ) -> torch.Tensor:
-    """The masking noise of 0-based step `step`: uniform, from a generator seeded by (seed, step).
+    """The masking noise of 0-based step `step`, from a generator seeded by (seed, step, rank).
+
+    `random_masking` keeps the patches with the lowest noise. "random" is uniform noise (the
+    paper's sampling); "block" and "grid" come from `block_noise` and `grid_noise`, which need
+    `mask_ratio` (block) or fix it (grid, see `check_masking`). The same arguments always give
+    the same noise, which is what makes a resumed run exact.
 
     Shapes:
         -> (B, L) float32 on the CPU.
     """
+    check_masking(kind, num_patches, mask_ratio)
     generator = torch.Generator().manual_seed(_seed(seed, step, rank, 2))
+    if kind == "block":
+        return block_noise(batch, math.isqrt(num_patches), mask_ratio, generator)  # (B, L)
+    if kind == "grid":
+        return grid_noise(batch, math.isqrt(num_patches), GRID_STRIDE, generator)  # (B, L)
     return torch.rand(batch, num_patches, generator=generator)  # (B, L)
 
 
@@ -414,7 +466,9 @@ def _check_resumable(
 ) -> None:
     if state.get("kind") != CHECKPOINT_KIND:
         raise ValueError(f"{path} is not a pretraining checkpoint (kind={state.get('kind')!r})")
-    stored = {k: state["settings"].get(k) for k in RUN_FIELDS}
+    # Fields a checkpoint predates (such as `masking`) take their default.
+    defaults = TrainSettings().to_dict()
+    stored = {k: state["settings"].get(k, defaults[k]) for k in RUN_FIELDS}
     wanted = {k: settings.to_dict()[k] for k in RUN_FIELDS}
     diffs = config_differences(stored, wanted)
     if diffs:
@@ -509,6 +563,7 @@ class _Run:
                 f"batch_size={settings.batch_size} exceeds the {len(images)} training images "
                 f"(per process: {per_rank} > {len(images) // info.world_size})"
             )
+        check_masking(settings.masking, model.config.num_patches, model.config.mask_ratio)
         self.model, self.settings, self.out_dir = model.to(device), settings, out_dir
         self.device, self.info, self.stop = device, info, stop
         self.loader = DeviceLoader(
@@ -653,7 +708,13 @@ class _Run:
                     self.settings.min_lr,
                 )  # fmt: skip
                 noise = masking_noise(
-                    x.shape[0], num_patches, self.settings.seed, self.step, self.info.rank
+                    x.shape[0],
+                    num_patches,
+                    self.settings.seed,
+                    self.step,
+                    self.info.rank,
+                    self.settings.masking,
+                    self.model.config.mask_ratio,
                 ).to(self.device)  # (B, L)
                 loss = forward_loss(net, x, noise, autocast_dtype)
                 total = all_reduce_sum(loss.detach().float().reshape(1).clone(), self.info)

@@ -17,6 +17,7 @@ import torch
 from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
+from mae_tutorial.masking import random_masking
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import (
     HISTORY_NAME,
@@ -24,6 +25,7 @@ from mae_tutorial.pretrain import (
     StepInfo,
     TrainingInterrupted,
     TrainSettings,
+    check_masking,
     lr_at,
     masking_noise,
     param_groups,
@@ -77,6 +79,7 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> boo
         ("checkpoint_every", 0),
         ("device", "gpu0"),
         ("compile", "yes"),
+        ("masking", "checkerboard"),
     ],
 )
 def test_bad_settings_name_the_field(field: str, value: object) -> None:
@@ -138,6 +141,46 @@ def test_masking_noise_depends_only_on_seed_and_step() -> None:
     assert torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 7))
     assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 8))
     assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 1, 7))
+
+
+@pytest.mark.parametrize("kind", ["random", "block", "grid"])
+def test_every_masking_kind_is_seeded_per_step_and_removes_the_exact_ratio(kind: str) -> None:
+    noise = masking_noise(6, 64, 0, 3, kind=kind, mask_ratio=0.75)
+    assert noise.shape == (6, 64) and noise.dtype == torch.float32
+    assert torch.equal(noise, masking_noise(6, 64, 0, 3, kind=kind, mask_ratio=0.75))
+    assert not torch.equal(noise, masking_noise(6, 64, 0, 4, kind=kind, mask_ratio=0.75))
+    _, mask, _ = random_masking(torch.zeros(6, 64, 1), 0.75, noise)  # (B, L), 1 = removed
+    assert (mask.sum(1) == 48).all()
+
+
+def test_block_masking_removes_connected_blocks_and_grid_one_patch_per_cell() -> None:
+    noise = masking_noise(8, 64, 1, 0, kind="grid", mask_ratio=0.75)
+    _, mask, _ = random_masking(torch.zeros(8, 64, 1), 0.75, noise)
+    cells = (1 - mask).reshape(8, 4, 2, 4, 2).sum((2, 4))  # (B, 4, 4) kept patches per 2x2 cell
+    assert (cells == 1).all()
+    for ratio in (0.25, 0.5, 0.9):
+        noise = masking_noise(8, 64, 1, 0, kind="block", mask_ratio=ratio)
+        _, mask, _ = random_masking(torch.zeros(8, 64, 1), ratio, noise)
+        assert (mask.sum(1) == 64 - int(64 * (1 - ratio))).all()
+    # Blocks: a removed patch mostly has a removed neighbour on its right, unlike random masking.
+    noise = masking_noise(64, 64, 2, 0, kind="block", mask_ratio=0.5)
+    block = random_masking(torch.zeros(64, 64, 1), 0.5, noise)[1].reshape(64, 8, 8)
+    uniform = random_masking(torch.zeros(64, 64, 1), 0.5, masking_noise(64, 64, 2, 0))[1]
+    uniform = uniform.reshape(64, 8, 8)
+
+    def both(m: torch.Tensor) -> float:
+        return float((m[..., :-1] * m[..., 1:]).sum() / m[..., :-1].sum())
+
+    assert both(block) > both(uniform) + 0.15
+
+
+def test_grid_masking_refuses_other_ratios_and_grids() -> None:
+    with pytest.raises(ValueError, match=r"grid masking .*mask_ratio=0.75.*got mask_ratio=0.5"):
+        check_masking("grid", 64, 0.5)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        check_masking("grid", 49, 0.75)
+    with pytest.raises(ValueError, match=r"masking must be one of .*'stripes'"):
+        masking_noise(2, 64, 0, 0, kind="stripes")
 
 
 # ------------------------------------------------------------------------------------ training
@@ -239,6 +282,32 @@ def test_bf16_autocast_on_cpu_when_asked(data: CIFAR10, tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "checkpoint.pt")["model"]["decoder.pred.weight"].dtype == (
         torch.float32
     )  # weights stay fp32
+
+
+def test_masked_pretraining_runs_and_grid_needs_ratio_three_quarters(
+    data: CIFAR10, tmp_path: Path
+) -> None:
+    for kind in ("block", "grid"):
+        history = pretrain(_model(), data, _settings(epochs=1, masking=kind), tmp_path / kind)
+        assert math.isfinite(history[0]["loss"])
+        assert load_checkpoint(tmp_path / kind / "checkpoint.pt")["settings"]["masking"] == kind
+    config = MAEConfig.from_preset("tiny", mask_ratio=0.5)
+    with pytest.raises(ValueError, match="got mask_ratio=0.5"):
+        pretrain(_model(config), data, _settings(masking="grid"), tmp_path / "bad")
+    with pytest.raises(ValueError, match="masking"):  # resuming must keep the masking kind
+        pretrain(_model(), data, _settings(epochs=1), tmp_path / "grid", resume=True)
+
+
+def test_cli_pretrain_takes_masking(tmp_path: Path, data_root: Path, capsys) -> None:
+    from mae_tutorial.__main__ import main
+
+    args = ["pretrain", "--preset", "tiny", "--data-dir", str(data_root), "--epochs", "1"]
+    args += ["--batch-size", str(BATCH), "--device", "cpu", "--out", str(tmp_path / "run")]
+    assert main([*args, "--masking", "grid", "--mask-ratio", "0.5"]) == 2
+    assert "grid masking" in capsys.readouterr().err
+    assert main([*args, "--masking", "block"]) == 0
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["settings"]["masking"] == "block"
 
 
 def test_bad_data_and_batch_sizes_are_refused(data: CIFAR10, tmp_path: Path) -> None:
