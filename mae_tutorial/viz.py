@@ -13,39 +13,142 @@ from __future__ import annotations
 import torch
 from matplotlib.figure import Figure
 
-from mae_tutorial.data import denormalize
+from mae_tutorial.data import CIFAR10_MEAN, CIFAR10_STD, denormalize
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
 
 MASK_GREY = 0.5  # display value of a removed patch
 
 
+STATS = ("true", "visible")  # where un-normalising takes each patch's mean and variance from
+
+
+def visible_patch_stats(
+    target: torch.Tensor, mask: torch.Tensor, grid_size: int, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-patch mean and variance as a reader of the visible patches alone would estimate them.
+
+    Visible patches keep their own statistics. A removed patch gets the average of the visible
+    patches' statistics weighted by 1 / distance**2 on the patch grid, so its brightness and
+    contrast come from its surroundings, never from the hidden pixels.
+
+    Args:
+        target: true patch vectors from `patchify`.
+        mask: 1 = removed (masked), 0 = visible.
+        grid_size: patches per side, H / P.
+        eps: variance floor, as in `mae_tutorial.losses.normalize_patches`.
+
+    Shapes:
+        target: (B, L, P*P*C), mask: (B, L) -> mean (B, L, 1), var (B, L, 1).
+    """
+    mean = target.mean(dim=-1)  # (B, L)
+    var = target.var(dim=-1)  # (B, L), unbiased as in losses.py
+    rows = torch.arange(grid_size, device=target.device).repeat_interleave(grid_size)  # (L,)
+    cols = torch.arange(grid_size, device=target.device).repeat(grid_size)  # (L,)
+    dist2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2  # (L, L)
+    weight = 1.0 / dist2.clamp(min=1).to(target.dtype)  # (L, L); the diagonal is unused
+    weight = weight[None] * (1 - mask)[:, None, :]  # (B, L, L): only visible sources count
+    weight = weight / weight.sum(dim=-1, keepdim=True).clamp(min=eps)  # (B, L, L)
+    removed = mask.bool()  # (B, L)
+    mean = torch.where(removed, (weight * mean[:, None, :]).sum(-1), mean)  # (B, L)
+    var = torch.where(removed, (weight * var[:, None, :]).sum(-1), var)  # (B, L)
+    return mean[..., None], var[..., None]
+
+
+def prediction_to_images(
+    images: torch.Tensor,
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    patch_size: int,
+    norm_pix: bool,
+    *,
+    stats: str = "true",
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
+) -> dict[str, torch.Tensor]:
+    """Turn an MAE's prediction into displayable images.
+
+    With normalised-pixel targets (`norm_pix`) the model predicts every patch normalised by its
+    own mean and variance, and a picture needs some mean and variance to undo that with:
+
+    - `stats="true"`: those of the true patch at that place, as the official demo notebook does.
+      Exact for visible patches; for removed ones it borrows two numbers per patch (brightness and
+      contrast) that the model never saw, so the picture flatters the model.
+    - `stats="visible"`: visible patches keep their own; removed ones get an estimate from the
+      visible patches around them (`visible_patch_stats`). Everything shown then comes from what
+      the model was given: the honest picture.
+
+    Args:
+        images: the normalised images the model saw.
+        pred: the model's prediction.
+        mask: 1 = removed (masked), 0 = visible.
+        patch_size: P.
+        norm_pix: whether `pred` is in normalised-patch units.
+        stats: "true" or "visible", see above (ignored without `norm_pix`).
+        mean, std: the per-channel statistics `images` were normalised with.
+
+    Returns:
+        A dict of CPU tensors: "original", "masked" (removed patches grey), "reconstruction" (every
+        patch predicted), "pasted" (visible patches from the original, masked ones predicted), all
+        (B, C, H, W) in [0, 1]; "mask" (B, L) with 1 = removed (masked), 0 = visible.
+
+    Shapes:
+        images: (B, C, H, W), pred: (B, L, P*P*C), mask: (B, L) -> see Returns.
+    """
+    if stats not in STATS:
+        raise ValueError(f"stats must be one of {STATS}, got {stats!r}")
+    size = images.shape[-1]
+    images, pred, mask = (
+        images.float(),
+        pred.float().to(images.device),
+        mask.float().to(images.device),
+    )
+    if norm_pix:
+        target = patchify(images, patch_size)  # (B, L, P*P*C)
+        if stats == "true":
+            mu = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
+            var = target.var(dim=-1, keepdim=True)  # (B, L, 1), unbiased as in losses.py
+        else:
+            mu, var = visible_patch_stats(target, mask, size // patch_size)  # (B, L, 1) each
+        pred = pred * (var + 1e-6) ** 0.5 + mu  # (B, L, P*P*C) in the images' units
+    pixel_mask = unpatchify(mask[..., None].expand_as(pred), patch_size, size)  # (B, C, H, W)
+    original = denormalize(images, mean, std)  # (B, C, H, W) in [0, 1]
+    reconstruction = denormalize(unpatchify(pred, patch_size, size), mean, std)  # (B, C, H, W)
+    return {
+        "original": original.cpu(),
+        "masked": (original * (1 - pixel_mask) + MASK_GREY * pixel_mask).cpu(),
+        "reconstruction": reconstruction.cpu(),
+        "pasted": (original * (1 - pixel_mask) + reconstruction * pixel_mask).cpu(),
+        "mask": mask.cpu(),
+    }
+
+
 def reconstruct_images(
-    model: MaskedAutoencoder, images: torch.Tensor, noise: torch.Tensor | None = None
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    stats: str = "true",
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
 ) -> dict[str, torch.Tensor]:
     """Run the MAE once and turn its prediction into displayable images.
 
-    With `norm_pix_loss` the model predicts every patch normalised by its own mean and variance;
-    to show it, each predicted patch is un-normalised with the mean and variance of the TRUE patch
-    at that place, as the official demo notebook does. For visible patches that is exact. For
-    masked patches it borrows two numbers per patch (mean colour and contrast) that the model never
-    saw, so the picture looks better than what the model alone predicts: the structure inside each
-    patch is the model's, its overall brightness and contrast are not.
+    See `prediction_to_images` for how normalised-pixel predictions are un-normalised (`stats`).
 
     Args:
         model: the MAE; run in eval mode without gradients, its mode is restored afterwards.
         images: normalised images (`mae_tutorial.data.normalize`).
         noise: masking noise (lowest = kept); random when None.
+        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+        mean, std: the per-channel statistics `images` were normalised with.
 
     Returns:
-        A dict of CPU tensors: "original", "masked" (removed patches grey), "reconstruction" (every
-        patch predicted), "pasted" (visible patches from the original, masked ones predicted), all
-        (B, C, H, W) in [0, 1]; "mask" (B, L) with 1 = removed (masked), 0 = visible; "loss" ().
+        `prediction_to_images`'s dict plus "loss" (), the model's loss on these images.
 
     Shapes:
         images: (B, C, H, W), noise: (B, L) -> see Returns.
     """
-    config = model.config
     device = next(model.parameters()).device
     images = images.to(device)
     was_training = model.training
@@ -55,60 +158,26 @@ def reconstruct_images(
             out = model(images, noise=None if noise is None else noise.to(device))
     finally:
         model.train(was_training)
-    p, size = config.patch_size, config.image_size
-    pred = out.pred.float()  # (B, L, P*P*C)
-    if config.norm_pix_loss:
-        target = patchify(images, p)  # (B, L, P*P*C)
-        mean = target.mean(dim=-1, keepdim=True)  # (B, L, 1)
-        var = target.var(dim=-1, keepdim=True)  # (B, L, 1), unbiased and eps as in losses.py
-        pred = pred * (var + 1e-6) ** 0.5 + mean
-    mask = out.mask.float()  # (B, L)
-    pixel_mask = unpatchify(mask[..., None].expand_as(pred), p, size)  # (B, C, H, W), 1 = removed
-    original = denormalize(images.float())  # (B, C, H, W) in [0, 1]
-    reconstruction = denormalize(unpatchify(pred, p, size))  # (B, C, H, W) in [0, 1]
-    return {
-        "original": original.cpu(),
-        "masked": (original * (1 - pixel_mask) + MASK_GREY * pixel_mask).cpu(),
-        "reconstruction": reconstruction.cpu(),
-        "pasted": (original * (1 - pixel_mask) + reconstruction * pixel_mask).cpu(),
-        "mask": mask.cpu(),
-        "loss": out.loss.detach().float().cpu(),
-    }
+    config = model.config
+    parts = prediction_to_images(
+        images, out.pred, out.mask, config.patch_size, config.norm_pix_loss,
+        stats=stats, mean=mean, std=std,
+    )  # fmt: skip
+    parts["loss"] = out.loss.detach().float().cpu()
+    return parts
 
 
-def reconstruction_grid(
-    model: MaskedAutoencoder,
-    images: torch.Tensor,
-    noise: torch.Tensor | None = None,
-    *,
-    title: str | None = None,
-) -> Figure:
-    """A grid of MAE reconstructions: one column per image, four rows.
-
-    Rows: the original; the masked input (removed patches grey); the reconstruction of every
-    patch; the reconstruction with the visible patches pasted back (the paper's figures). See
-    `reconstruct_images` for how normalised-pixel predictions are un-normalised.
+def image_grid(rows: list[tuple[str, torch.Tensor]], title: str | None = None) -> Figure:
+    """Rows of images, one column per image, each row labelled on the left.
 
     Args:
-        model: the MAE.
-        images: normalised images.
-        noise: masking noise; random when None.
-        title: figure title; by default the mask ratio and the loss on these images.
-
-    Returns:
-        A matplotlib `Figure` (save it with `fig.savefig(path)`).
+        rows: (label, images) pairs; images in [0, 1], the same count in every row.
+        title: the figure's title.
 
     Shapes:
-        images: (B, C, H, W), noise: (B, L).
+        each images: (B, C, H, W).
     """
-    parts = reconstruct_images(model, images, noise)
-    rows = [
-        ("original", parts["original"]),
-        (f"masked {model.config.mask_ratio:.0%}", parts["masked"]),
-        ("reconstruction", parts["reconstruction"]),
-        ("reconstruction\n+ visible", parts["pasted"]),
-    ]
-    n = parts["original"].shape[0]
+    n = rows[0][1].shape[0]
     fig = Figure(figsize=(1.2 * n + 1.2, 1.25 * len(rows) + 0.4), layout="constrained")
     axes = fig.subplots(len(rows), n, squeeze=False)
     for r, (label, batch) in enumerate(rows):
@@ -119,7 +188,45 @@ def reconstruction_grid(
             ax.set_yticks([])
             if c == 0:
                 ax.set_ylabel(label, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def reconstruction_grid(
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    title: str | None = None,
+    stats: str = "true",
+) -> Figure:
+    """A grid of MAE reconstructions: one column per image, four rows.
+
+    Rows: the original; the masked input (removed patches grey); the reconstruction of every
+    patch; the reconstruction with the visible patches pasted back (the paper's figures). See
+    `prediction_to_images` for how normalised-pixel predictions are un-normalised (`stats`).
+
+    Args:
+        model: the MAE.
+        images: normalised images.
+        noise: masking noise; random when None.
+        title: figure title; by default the mask ratio and the loss on these images.
+        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+
+    Returns:
+        A matplotlib `Figure` (save it with `fig.savefig(path)`).
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L).
+    """
+    parts = reconstruct_images(model, images, noise, stats=stats)
+    rows = [
+        ("original", parts["original"]),
+        (f"masked {model.config.mask_ratio:.0%}", parts["masked"]),
+        ("reconstruction", parts["reconstruction"]),
+        ("reconstruction\n+ visible", parts["pasted"]),
+    ]
     if title is None:
         title = f"MAE reconstructions, mask ratio {model.config.mask_ratio:.0%}, loss {float(parts['loss']):.3f}"
-    fig.suptitle(title, fontsize=10)
-    return fig
+    return image_grid(rows, title)

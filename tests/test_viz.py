@@ -14,8 +14,13 @@ from mae_tutorial.data import denormalize, normalize
 from mae_tutorial.losses import normalize_patches
 from mae_tutorial.masking import random_masking
 from mae_tutorial.model import MAEOutput, MaskedAutoencoder
-from mae_tutorial.patches import patchify
-from mae_tutorial.viz import MASK_GREY, reconstruct_images, reconstruction_grid
+from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.viz import (
+    MASK_GREY,
+    reconstruct_images,
+    reconstruction_grid,
+    visible_patch_stats,
+)
 
 
 class PerfectMAE(nn.Module):
@@ -66,3 +71,50 @@ def test_reconstruction_grid_draws_four_rows(tmp_path: Path) -> None:
     ]  # fmt: skip
     fig.savefig(tmp_path / "grid.png")
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_visible_stats_never_look_at_the_removed_pixels() -> None:
+    config = MAEConfig.from_preset("tiny")
+    images = _images()
+    target = patchify(images, config.patch_size)  # (B, L, P*P*C)
+    noise = torch.rand(3, config.num_patches, generator=torch.Generator().manual_seed(2))
+    _, mask, _ = random_masking(target, config.mask_ratio, noise)  # (B, L)
+    mean, var = visible_patch_stats(target, mask, config.grid_size)
+    # Visible patches keep their own statistics.
+    visible = ~mask.bool()
+    torch.testing.assert_close(mean[..., 0][visible], target.mean(-1)[visible])
+    torch.testing.assert_close(var[..., 0][visible], target.var(-1)[visible])
+    # Changing what is hidden changes nothing.
+    scrambled = target + 5 * torch.randn_like(target) * mask[..., None]
+    mean2, var2 = visible_patch_stats(scrambled, mask, config.grid_size)
+    torch.testing.assert_close(mean2, mean)
+    torch.testing.assert_close(var2, var)
+    # With the true statistics instead, they would have changed.
+    assert not torch.allclose(scrambled.mean(-1), target.mean(-1))
+
+
+def test_visible_stats_are_exact_when_every_patch_has_the_same_statistics() -> None:
+    config = MAEConfig.from_preset("tiny")
+    one = torch.randn(1, 1, 3 * config.patch_size**2)  # (1, 1, P*P*C)
+    target = one.expand(2, config.num_patches, -1)  # every patch identical
+    mask = torch.zeros(2, config.num_patches)
+    mask[:, ::2] = 1
+    mean, var = visible_patch_stats(target, mask, config.grid_size)
+    torch.testing.assert_close(mean, target.mean(-1, keepdim=True))
+    torch.testing.assert_close(var, target.var(-1, keepdim=True))
+
+
+def test_honest_pictures_keep_the_visible_patches_and_reject_unknown_stats() -> None:
+    config = MAEConfig.from_preset("tiny")
+    model = PerfectMAE(config)
+    images = _images()
+    noise = torch.rand(3, config.num_patches, generator=torch.Generator().manual_seed(1))
+    parts = reconstruct_images(model, images, noise, stats="visible")
+    keep = unpatchify(
+        (1 - parts["mask"])[..., None].expand(-1, -1, 3 * config.patch_size**2),
+        config.patch_size,
+        config.image_size,
+    )  # (B, C, H, W), 1 = visible
+    torch.testing.assert_close(parts["reconstruction"] * keep, parts["original"] * keep)
+    with pytest.raises(ValueError, match="stats must be one of"):
+        reconstruct_images(model, images, noise, stats="oracle")
