@@ -24,9 +24,11 @@ from typing import Any
 import torch
 
 from mae_tutorial.checkpoint import load_checkpoint, load_model, save_checkpoint
+from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.model import MaskedAutoencoder
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+SNAPSHOT_IMAGES = 8  # test images whose reconstructions are stored per snapshot: one per class
 _KEPT = ("config", "settings", "history", "step", "epoch")  # what a reader needs of a checkpoint
 
 
@@ -63,6 +65,7 @@ def pack(
     *,
     command: str | None = None,
     results: dict[str, Any] | None = None,
+    snapshots: dict[str, Any] | None = None,
 ) -> Path:
     """Write a shipped-model file from a pretraining checkpoint.
 
@@ -72,6 +75,9 @@ def pack(
         command: the command line that produced the checkpoint, stored for readers.
         results: evaluation results measured on it, e.g. {"linprobe": {...}, "knn": {...}}
             (plain numbers and strings).
+        snapshots: predictions of earlier checkpoints of the same run on a few test images
+            (`snapshot_predictions`), so a reader can watch training progress without the
+            checkpoints themselves.
 
     Returns:
         `out`.
@@ -83,7 +89,43 @@ def pack(
     }  # fp16 parameters; the sin-cos tables keep full precision
     packed = {key: state[key] for key in _KEPT if key in state}
     packed.update(model=model, command=command or "", results=results or {})
+    if snapshots is not None:
+        packed["snapshots"] = snapshots
     return save_checkpoint(out, packed)
+
+
+def snapshot_predictions(
+    checkpoints: list[str | Path], images: torch.Tensor, noise: torch.Tensor
+) -> dict[str, Any]:
+    """What each checkpoint of a run predicts for the same images under the same mask.
+
+    Args:
+        checkpoints: pretraining checkpoints of one run (they must share a config).
+        images: normalised images (`mae_tutorial.data.normalize`).
+        noise: masking noise, fixed across checkpoints so only the model changes.
+
+    Returns:
+        {"epochs": [int, ...], "pred": fp16 tensor (S, B, L, P*P*C), "mask": (B, L) with
+        1 = removed (masked), 0 = visible, "noise": (B, L)}.
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L).
+    """
+    epochs, preds, mask, config = [], [], None, None
+    for path in checkpoints:
+        state = load_checkpoint(path)
+        model = load_model(path).eval()
+        if config is not None and model.config != config:
+            raise ValueError(f"{path} has another config than {checkpoints[0]}; expected one run")
+        config = model.config
+        with torch.no_grad():
+            out = model(images, noise=noise)
+        epochs.append(int(state.get("epoch", 0)))
+        preds.append(out.pred.half())  # (B, L, P*P*C)
+        mask = out.mask
+    if not preds:
+        raise ValueError("expected at least one checkpoint")
+    return {"epochs": epochs, "pred": torch.stack(preds), "mask": mask, "noise": noise}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +141,27 @@ def main(argv: list[str] | None = None) -> int:
         "--results", nargs="*", default=[], metavar="FILE",
         help="files whose last line is a JSON summary printed by linprobe/knn/finetune",
     )  # fmt: skip
+    parser.add_argument(
+        "--snapshots", nargs="*", default=[], metavar="CKPT",
+        help="earlier checkpoints of the same run: their reconstructions of a few test images "
+        "are stored (needs the CIFAR-10 test set, see --data-dir)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-dir", default=None, metavar="DIR",
+        help="folder holding cifar-10-batches-py (default: $MAE_TUTORIAL_DATA, else the cache)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    snapshots = None
+    if args.snapshots:
+        data = load_cifar10(args.data_dir)
+        labels = data.test_labels.tolist()
+        indices = [labels.index(c) for c in range(SNAPSHOT_IMAGES)]  # one image per class
+        images = normalize(data.test_images[indices])  # (B, C, H, W)
+        config = load_model(args.checkpoint).config
+        generator = torch.Generator().manual_seed(0)
+        noise = torch.rand(len(indices), config.num_patches, generator=generator)  # (B, L)
+        snapshots = snapshot_predictions([*args.snapshots, args.checkpoint], images, noise)
+        snapshots["test_indices"] = indices
     results: dict[str, Any] = {}
     for file in args.results:
         lines = [line for line in Path(file).read_text().splitlines() if line.startswith("{")]
@@ -110,9 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         if len(kinds) != 1:
             parser.error(f"{file}: expected one of linprobe/knn/finetune's summaries")
         name = ("random_init_" if summary.get("random_init") else "") + kinds[0]
+        if summary.get("blocks") is not None:
+            name += f"_blocks{summary['blocks']}"
         results[name + ("_from_scratch" if summary.get("from_scratch") else "")] = summary
     out = pack(args.checkpoint, PRETRAINED_DIR / f"{args.name}.pt", command=args.command,
-               results=results)  # fmt: skip
+               results=results, snapshots=snapshots)  # fmt: skip
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

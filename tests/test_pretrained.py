@@ -82,3 +82,45 @@ def test_every_shipped_model_loads_with_its_record() -> None:
         assert "python -m mae_tutorial pretrain" in info["command"]
         assert MAEConfig.from_dict(info["config"]) == model.config
         assert info["history"] and info["results"]
+
+
+def test_snapshots_store_each_checkpoints_reconstructions(
+    checkpoint, synthetic_root, tmp_path, monkeypatch
+) -> None:
+    path, model = checkpoint
+    later = MaskedAutoencoder(model.config)  # a different "later epoch" of the same config
+    state = load_checkpoint(path)
+    state.update(model=later.state_dict(), epoch=5)
+    final = save_checkpoint(tmp_path / "final.pt", state)
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", tmp_path / "shipped")
+    argv = [str(final), "toy", "--snapshots", str(path), "--data-dir", str(synthetic_root)]
+    assert shipped.main(argv) == 0
+    snaps = shipped.pretrained_info("toy")["snapshots"]
+    assert snaps["epochs"] == [0, 5]
+    assert snaps["pred"].shape == (2, shipped.SNAPSHOT_IMAGES, 16, 192)
+    assert snaps["pred"].dtype == torch.float16
+    assert not torch.equal(snaps["pred"][0], snaps["pred"][1])
+    assert snaps["mask"].sum(1).tolist() == [12.0] * shipped.SNAPSHOT_IMAGES
+    with torch.no_grad():
+        expected = model.eval()(images_of(synthetic_root, snaps), noise=snaps["noise"]).pred
+    torch.testing.assert_close(snaps["pred"][0].float(), expected, atol=1e-2, rtol=1e-2)
+
+
+def images_of(root: Path, snaps: dict) -> torch.Tensor:
+    from mae_tutorial.data import load_cifar10, normalize
+
+    data = load_cifar10(root)
+    labels = data.test_labels[snaps["test_indices"]].tolist()
+    assert labels == list(range(shipped.SNAPSHOT_IMAGES))  # one image per class, in class order
+    return normalize(data.test_images[snaps["test_indices"]])
+
+
+def test_snapshots_refuse_checkpoints_of_different_runs(checkpoint, tmp_path: Path) -> None:
+    path, _ = checkpoint
+    other = MaskedAutoencoder(MAEConfig.from_preset("tiny", decoder_depth=2))
+    state = {"model": other.state_dict(), "config": other.config.to_dict()}
+    other_path = save_checkpoint(tmp_path / "other.pt", state)
+    with pytest.raises(ValueError, match="another config"):
+        shipped.snapshot_predictions(
+            [path, other_path], torch.randn(1, 3, 32, 32), torch.rand(1, 16)
+        )
