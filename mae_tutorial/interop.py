@@ -403,6 +403,45 @@ def to_hf(model: MaskedAutoencoder, attn_implementation: str | None = None) -> V
     return hf_model.to(device=first.device, dtype=first.dtype).train(model.training)
 
 
+# ImageNet's per-channel statistics: the official models expect images normalised with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+OFFICIAL_HF_MODELS = ("facebook/vit-mae-base", "facebook/vit-mae-large", "facebook/vit-mae-huge")
+
+
+class HubUnavailableError(OSError):
+    """A model could not be fetched from the Hugging Face Hub (offline, or not in the cache)."""
+
+
+def load_hf_pretrained(name: str = "facebook/vit-mae-base", **kwargs: Any) -> MaskedAutoencoder:
+    """The official ImageNet MAE (or any `ViTMAEForPreTraining` checkpoint) as our model.
+
+    Downloads `name` from the Hugging Face Hub on first use (the base model is about 450 MB),
+    then loads it from the Hub's cache; a local folder written by `save_pretrained` works too.
+    It expects 224 x 224 images normalised with `IMAGENET_MEAN` / `IMAGENET_STD`.
+
+    Args:
+        name: a Hub model id, e.g. one of `OFFICIAL_HF_MODELS`, or a local folder.
+        **kwargs: passed to `ViTMAEForPreTraining.from_pretrained` (e.g. `local_files_only=True`).
+
+    Returns:
+        A `MaskedAutoencoder` in eval mode computing what the Hugging Face model computes.
+
+    Raises:
+        HubUnavailableError: when the model is neither reachable nor cached (offline machines).
+    """
+    transformers = _transformers()
+    try:
+        hf_model = transformers.ViTMAEForPreTraining.from_pretrained(name, **kwargs)
+    except OSError as err:
+        raise HubUnavailableError(
+            f"could not load {name!r}: it is not in the Hugging Face cache and the Hub did not "
+            f"answer ({type(err).__name__}); connect to the internet once, or pass a local folder "
+            "written by `save_pretrained`"
+        ) from err
+    return from_hf(hf_model.eval())
+
+
 def from_official_state_dict(
     state_dict: StateDict | Mapping[str, Any], config: MAEConfig
 ) -> MaskedAutoencoder:

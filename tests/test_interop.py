@@ -332,3 +332,20 @@ def test_missing_transformers_is_a_clear_import_error(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match="pip install transformers"):
         config_to_hf(MAEConfig.from_preset("tiny"))
+
+
+def test_load_hf_pretrained_from_a_saved_folder(tmp_path) -> None:
+    from mae_tutorial.interop import load_hf_pretrained
+
+    hf_model = make_hf()
+    hf_model.save_pretrained(tmp_path / "saved")
+    ours = load_hf_pretrained(str(tmp_path / "saved"))
+    assert not ours.training
+    assert_same_outputs(hf_model, ours)
+
+
+def test_load_hf_pretrained_offline_is_a_clear_error(tmp_path) -> None:
+    from mae_tutorial.interop import HubUnavailableError, load_hf_pretrained
+
+    with pytest.raises(HubUnavailableError, match="not in the Hugging Face cache"):
+        load_hf_pretrained("facebook/vit-mae-base", local_files_only=True, cache_dir=tmp_path)
