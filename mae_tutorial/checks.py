@@ -1,0 +1,1012 @@
+"""Checks for the chapters' exercises: is a student's function right, without showing the answer.
+
+Every exercise that asks for a function has a check here, named after it:
+`check_patchify(my_patchify)` calls the student's function on several random inputs, edge cases
+included, and compares each result with the package's own implementation (or, for chapter 0, which
+builds no module, with the chapter's). On success it prints one line; on the first difference it
+raises `ExerciseFailed`, an `AssertionError`, whose message says which input failed and what differs:
+the shape, the value at the first differing index, and, where it recognises a common mistake (a
+transposed layout, the opposite mask convention, a loss over every patch), its name. It never shows
+the reference code. `NotImplementedError` from an unfinished stub passes through unchanged.
+
+Printing is deliberate here and nowhere else in the package: a check is called from a notebook cell
+for its message, as a unit test would be from a terminal.
+
+Checks draw their inputs from their own seeded generators and leave the global RNG as they found
+it, so calling one does not change what later cells draw.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mae_tutorial.attention import attention_weights
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.losses import masked_mse_loss, normalize_patches
+from mae_tutorial.masking import gather_tokens, random_masking
+from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
+from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.transformer import Block
+
+__all__ = [
+    "ExerciseFailed",
+    "check_attention_weights",
+    "check_block_flops",
+    "check_causal_attention",
+    "check_fill_and_unshuffle",
+    "check_forward_masked",
+    "check_grid_noise",
+    "check_inverse_permutation",
+    "check_knn_scores",
+    "check_lr_schedule",
+    "check_mask_token_fill",
+    "check_masked_mse_loss",
+    "check_mean_fill",
+    "check_normalize_patches",
+    "check_param_groups",
+    "check_paste_visible",
+    "check_patchify",
+    "check_pixel_mask",
+    "check_random_masking",
+    "check_topk_accuracy",
+    "check_unpatchify",
+]
+
+
+class ExerciseFailed(AssertionError):
+    """A student's function disagrees with the reference; the message says where and how."""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+@contextmanager
+def _private_rng() -> Iterator[None]:
+    """Seed the global RNG for building reference models, and restore it afterwards."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        yield
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _shape(value: Any) -> str:
+    return str(tuple(value.shape)) if isinstance(value, torch.Tensor) else repr(value)
+
+
+def _fail(name: str, case: str, problem: str, hint: str | None = None) -> ExerciseFailed:
+    message = f"{name} failed on {case}: {problem}"
+    if hint:
+        message += f"\nHint: {hint}"
+    return ExerciseFailed(message)
+
+
+def _call(name: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the student's function on copies of the inputs, naming the case if it crashes."""
+    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        return fn(*args, **kwargs)
+    except (NotImplementedError, ExerciseFailed):
+        raise
+    except Exception as err:
+        raise _fail(name, case, f"your function raised {type(err).__name__}: {err}") from err
+
+
+def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    index = []
+    for size in reversed(shape):
+        index.append(flat % size)
+        flat //= size
+    return tuple(reversed(index))
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, atol: float, rtol: float) -> bool:
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=atol, rtol=rtol)
+
+
+def _compare(
+    name: str,
+    case: str,
+    got: Any,
+    expected: torch.Tensor,
+    *,
+    what: str = "the result",
+    mistakes: dict[str, torch.Tensor] | None = None,
+    hint: Callable[[torch.Tensor, torch.Tensor], str | None] | None = None,
+    atol: float = 1e-5,
+    rtol: float = 1e-4,
+) -> None:
+    """Raise ExerciseFailed unless `got` matches `expected` in shape and values.
+
+    `mistakes` maps the name of a known wrong answer to what that wrong answer returns; when `got`
+    matches one, the message names it. `hint` may diagnose layouts from (got, expected).
+    """
+    if not isinstance(got, torch.Tensor):
+        raise _fail(name, case, f"{what} should be a tensor, got {type(got).__name__}")
+    known = None
+    for mistake, wrong in (mistakes or {}).items():
+        if got.shape == wrong.shape and not _close(wrong, expected, atol, rtol):
+            if _close(got, wrong, atol, rtol) or (got.isnan().any() and wrong.isnan().any()):
+                known = mistake
+                break
+    if got.shape != expected.shape:
+        problem = f"{what} has shape {_shape(got)}, expected {_shape(expected)}"
+        if got.numel() == expected.numel():
+            problem += " (the same number of elements: a reshape or transpose in the wrong place?)"
+        raise _fail(name, case, problem, known)
+    if got.isnan().any() and not expected.isnan().any():
+        where = _index(int(got.isnan().flatten().nonzero()[0]), got.shape)
+        raise _fail(name, case, f"{what} contains NaN, first at index {where}", known)
+    if not _close(got, expected, atol, rtol):
+        g, e = got.double(), expected.double()
+        wrong = ~torch.isclose(g, e, atol=atol, rtol=rtol)
+        first = int(wrong.flatten().nonzero()[0])
+        where = _index(first, got.shape)
+        if got.numel() == 1:
+            problem = f"{what} is {g.item():.6g}, expected {e.item():.6g}"
+        else:
+            problem = (
+                f"{what}: {int(wrong.sum())} of {got.numel()} values differ; first at index "
+                f"{where}: yours {g.flatten()[first].item():.6g}, "
+                f"expected {e.flatten()[first].item():.6g}"
+            )
+        raise _fail(name, case, problem, known or (hint(got, expected) if hint else None))
+
+
+def _vector_hint(inside: str, order: str) -> Callable[[torch.Tensor, torch.Tensor], str | None]:
+    """Diagnose (B, L, X) tensors: right vectors in the wrong order, or right numbers in a vector
+    in the wrong order."""
+
+    def hint(got: torch.Tensor, expected: torch.Tensor) -> str | None:
+        g, e = got.double(), expected.double()
+        if g.ndim == 3 and torch.allclose(g.sort(-1).values, e.sort(-1).values, atol=1e-6):
+            return f"each vector holds the right numbers in another order: {inside}"
+        if g.ndim == 3 and torch.allclose(g.sort(1).values, e.sort(1).values, atol=1e-6):
+            return f"the right vectors, in another order: {order}"
+        if torch.allclose(g.flatten().sort().values, e.flatten().sort().values, atol=1e-6):
+            return "all the right numbers, at the wrong places: check the layout"
+        return None
+
+    return hint
+
+
+def _passed(name: str, cases: int, covers: str) -> None:
+    print(f"{name} passed: {cases} cases agree with the reference, including {covers}.")
+
+
+# ---------------------------------------------------------------------- chapter 0: the prelude
+
+
+def _mean_fill(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    visible = 1 - removed  # (B, 1, H, W)
+    mean = (images * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
+    return images * visible + mean * removed  # (B, C, H, W)
+
+
+def _patch_masks(batch: int, grid: int, seed: int) -> torch.Tensor:
+    """(B, grid*grid) masks with at least one removed and one visible patch per image."""
+    mask = (torch.rand(batch, grid * grid, generator=_gen(seed)) < 0.6).float()
+    mask[:, 0], mask[:, -1] = 1.0, 0.0
+    return mask
+
+
+def check_pixel_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """Exercise 0.4: `fn(mask, patch_size)` turns a patch mask into a pixel mask.
+
+    Shapes:
+        mask: (B, L) with L = grid * grid, 1 = removed -> (B, 1, grid*P, grid*P).
+    """
+    name = "check_pixel_mask"
+    cases = [(2, 8, 4), (1, 4, 8), (3, 2, 3), (2, 32, 1), (1, 1, 5)]
+    for number, (batch, grid, p) in enumerate(cases):
+        mask = _patch_masks(batch, grid, number) if grid > 1 else torch.ones(batch, 1)
+        case = f"a mask of shape {(batch, grid * grid)} (a {grid}x{grid} grid), patch_size={p}"
+        expected = unpatchify(mask[..., None].expand(-1, -1, p * p), p, grid * p)
+        grid_view = mask.view(batch, 1, grid, grid)
+        mistakes = {
+            "rows and columns are swapped: patch i sits at grid row i // grid, column i % grid": (
+                grid_view.transpose(2, 3).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+            ),
+            "the mask is tiled instead of each patch being enlarged: "
+            "use repeat_interleave, not repeat": grid_view.repeat(1, 1, p, p),
+        }
+        got = _call(name, case, fn, mask, p)
+        _compare(name, case, got, expected, what="the pixel mask", mistakes=mistakes)
+    _passed(name, len(cases), "a 1-patch grid and P = 1")
+
+
+def check_mean_fill(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 0.5: `fn(images, removed)` fills removed pixels with the image's mean visible colour.
+
+    Shapes:
+        images: (B, C, H, W), removed: (B, 1, H, W), 1 = removed -> (B, C, H, W).
+    """
+    name = "check_mean_fill"
+    cases = [(2, 3, 8, 4), (1, 1, 8, 2), (3, 3, 16, 4), (2, 3, 4, 4)]
+    for number, (batch, chans, size, p) in enumerate(cases):
+        grid = size // p
+        images = torch.rand(batch, chans, size, size, generator=_gen(10 + number))
+        mask = _patch_masks(batch, grid, 20 + number)
+        removed = unpatchify(mask[..., None].expand(-1, -1, p * p), p, size)  # (B, 1, H, W)
+        case = f"images {(batch, chans, size, size)} with {int(mask.sum())} of {mask.numel()} patches removed"
+        expected = _mean_fill(images, removed)
+        every = images.mean((2, 3), keepdim=True)
+        grey = (images * (1 - removed)).sum((1, 2, 3), keepdim=True) / (
+            (1 - removed).sum((1, 2, 3), keepdim=True) * chans
+        )
+        mistakes = {
+            "the mean must be over the visible pixels only, not the whole image": images
+            * (1 - removed)
+            + every * removed,
+            "take one mean per channel (a colour), not one grey level over all channels": images
+            * (1 - removed)
+            + grey * removed,
+            "the opposite convention: 1 = removed, 0 = visible": _mean_fill(images, 1 - removed),
+        }
+        got = _call(name, case, fn, images, removed)
+        _compare(name, case, got, expected, what="the filled images", mistakes=mistakes)
+    _passed(name, len(cases), "one channel and a single-patch image side")
+
+
+# ------------------------------------------------------------------ chapter 1: patches, positions
+
+
+_PATCH_LAYOUT = "lay each patch out as (row in patch, column in patch, channel), einops '(p1 p2 c)'"
+_PATCH_ORDER = "number the patches row by row over the image, einops '(h w)'"
+
+
+def check_patchify(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """Exercise 1.4: `fn(images, patch_size)` against `mae_tutorial.patches.patchify`.
+
+    Shapes:
+        images: (B, C, H, W) -> (B, L, P*P*C).
+    """
+    name = "check_patchify"
+    cases = [(2, 3, 8, 8, 4), (1, 1, 6, 6, 3), (2, 3, 4, 8, 2), (1, 3, 4, 4, 4), (2, 2, 3, 3, 1)]
+    for number, (batch, chans, height, width, p) in enumerate(cases):
+        images = torch.randn(batch, chans, height, width, generator=_gen(30 + number))
+        case = f"images of shape {(batch, chans, height, width)}, patch_size={p}"
+        expected = patchify(images, p)
+        got = _call(name, case, fn, images, p)
+        hint = _vector_hint(_PATCH_LAYOUT, _PATCH_ORDER)
+        _compare(name, case, got, expected, what="the patches", hint=hint)
+    _passed(name, len(cases), "one channel, a non-square image, one patch per image and P = 1")
+
+
+def check_unpatchify(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> None:
+    """Exercise 1.5: `fn(patches, patch_size, image_size)` against `unpatchify`.
+
+    Shapes:
+        patches: (B, L, P*P*C) -> (B, C, H, W) with H = W = image_size.
+    """
+    name = "check_unpatchify"
+    cases = [(2, 3, 8, 4), (1, 1, 6, 3), (2, 3, 4, 4), (1, 2, 3, 1), (2, 3, 32, 4)]
+    for number, (batch, chans, size, p) in enumerate(cases):
+        images = torch.randn(batch, chans, size, size, generator=_gen(40 + number))
+        patches = patchify(images, p)
+        case = (
+            f"patches of shape {_shape(patches)} (C = {chans}), patch_size={p}, image_size={size}"
+        )
+        got = _call(name, case, fn, patches, p, size)
+
+        def hint(got: torch.Tensor, expected: torch.Tensor) -> str | None:
+            if torch.allclose(got.sort(1).values, expected.sort(1).values):
+                return "the channels are mixed up: the channel is the last factor of a patch vector"
+            return "read each patch vector as (row in patch, column in patch, channel)"
+
+        _compare(name, case, got, images, what="the images", hint=hint)
+    _passed(name, len(cases), "one channel, one patch per image and P = 1")
+
+
+# -------------------------------------------------------------------------- chapter 2: attention
+
+
+def check_attention_weights(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 2.4: `fn(q, k)` against `mae_tutorial.attention.attention_weights`.
+
+    Shapes:
+        q, k: (B, h, N, d) -> (B, h, N, N), each row summing to 1.
+    """
+    name = "check_attention_weights"
+    cases = [(2, 3, 5, 4), (1, 1, 1, 8), (2, 2, 7, 16), (1, 4, 3, 2), (1, 1, 6, 64)]
+    for number, (batch, heads, n, d) in enumerate(cases):
+        gen = _gen(50 + number)
+        q, k = torch.randn(2, batch, heads, n, d, generator=gen) * 2
+        case = f"q and k of shape {(batch, heads, n, d)}"
+        expected = attention_weights(q, k)
+        scores = q @ k.transpose(-2, -1)  # (B, h, N, N)
+        mistakes = {
+            "scale the scores by 1/sqrt(d) before the softmax": scores.softmax(-1),
+            "scale by 1/sqrt(d), not 1/d": (scores / d).softmax(-1),
+            "the softmax runs over the keys (the last dimension): each row sums to 1": (
+                scores / math.sqrt(d)
+            ).softmax(-2),
+            "query-key products, not key-query: the weights are transposed": expected.transpose(
+                -2, -1
+            ),
+        }
+        got = _call(name, case, fn, q, k)
+        _compare(name, case, got, expected, what="the attention weights", mistakes=mistakes)
+    _passed(name, len(cases), "a single token and a single head")
+
+
+def check_causal_attention(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Exercise 2.1: `fn(q, k, v)` against `F.scaled_dot_product_attention(..., is_causal=True)`.
+
+    Shapes:
+        q, k, v: (B, h, N, d) -> (B, h, N, d).
+    """
+    name = "check_causal_attention"
+    cases = [(2, 3, 5, 4), (1, 1, 1, 8), (2, 2, 9, 16), (1, 4, 2, 2)]
+    for number, (batch, heads, n, d) in enumerate(cases):
+        q, k, v = torch.randn(3, batch, heads, n, d, generator=_gen(60 + number))
+        case = f"q, k and v of shape {(batch, heads, n, d)}"
+        expected = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        mistakes = {
+            "token i may attend only to tokens j <= i: the future is not masked": (
+                F.scaled_dot_product_attention(q, k, v)
+            ),
+            "you masked the past instead of the future (tril instead of triu)": (
+                F.scaled_dot_product_attention(q.flip(-2), k.flip(-2), v.flip(-2), is_causal=True)
+            ).flip(-2),
+        }
+        if n > 1:
+            mistakes["a token must attend to itself: mask strictly above the diagonal"] = (
+                torch.full((batch, heads, n, d), float("nan"))
+            )
+        got = _call(name, case, fn, q, k, v)
+        _compare(name, case, got, expected, what="the output", mistakes=mistakes)
+    _passed(name, len(cases), "a single token")
+
+
+# ----------------------------------------------------------------------------- chapter 3: masking
+
+
+def _distinct_noise(batch: int, length: int, seed: int) -> torch.Tensor:
+    """Uniform-looking noise without ties, so the order it sorts into is unambiguous."""
+    gen = _gen(seed)
+    ranks = torch.stack([torch.randperm(length, generator=gen) for _ in range(batch)])
+    return (ranks.float() + 0.5) / length  # (B, L) in (0, 1)
+
+
+def check_random_masking(
+    fn: Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, ...]],
+) -> None:
+    """Exercise 3.1: `fn(x, mask_ratio, noise)` against `mae_tutorial.masking.random_masking`.
+
+    Shapes:
+        x: (B, L, D), noise: (B, L) -> visible (B, K, D), mask (B, L) with 1 = removed,
+        ids_restore (B, L); K = int(L * (1 - mask_ratio)).
+    """
+    name = "check_random_masking"
+    cases = [(2, 16, 4, 0.75), (1, 64, 8, 0.75), (3, 10, 2, 0.5), (2, 7, 3, 0.8), (1, 4, 1, 0.25)]
+    for number, (batch, length, dim, ratio) in enumerate(cases):
+        x = torch.randn(batch, length, dim, generator=_gen(70 + number))
+        noise = _distinct_noise(batch, length, 80 + number)
+        keep = int(length * (1 - ratio))
+        case = f"x of shape {(batch, length, dim)}, mask_ratio={ratio} (K = {keep})"
+        visible, mask, ids_restore = random_masking(x, ratio, noise)
+        got = _call(name, case, fn, x, ratio, noise)
+        if not isinstance(got, tuple | list) or len(got) != 3:
+            raise _fail(name, case, "return a tuple (visible, mask, ids_restore)")
+        ids_shuffle = noise.argsort(1)
+        _compare(
+            name,
+            case,
+            got[0],
+            visible,
+            what="visible",
+            mistakes={
+                "keep the tokens with the LOWEST noise (ascending argsort)": gather_tokens(
+                    x, noise.argsort(1, descending=True)[:, :keep]
+                ),
+                "give the visible tokens in ascending order of noise (ids_shuffle's order), "
+                "not in their original order": gather_tokens(
+                    x, ids_shuffle[:, :keep].sort(1).values
+                ),
+            },
+        )
+        _compare(
+            name,
+            case,
+            got[1],
+            mask,
+            what="mask",
+            mistakes={
+                "the opposite convention: the mask is 1 = removed, 0 = visible": 1 - mask,
+                "the mask is still in the shuffled order: gather it with ids_restore": (
+                    mask.gather(1, ids_shuffle)
+                ),
+            },
+        )
+        _compare(
+            name,
+            case,
+            got[2],
+            ids_restore,
+            what="ids_restore",
+            mistakes={
+                "that is ids_shuffle; ids_restore is its inverse, argsort(ids_shuffle)": (
+                    ids_shuffle
+                ),
+            },
+        )
+    _passed(name, len(cases), "K = 1 and lengths where L * (1 - r) is not a whole number")
+
+
+def check_inverse_permutation(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 3.2: `fn(ids_shuffle)` returns the inverse permutation, as argsort would.
+
+    Shapes:
+        ids_shuffle: (B, L) int64 -> ids_restore (B, L) int64.
+    """
+    name = "check_inverse_permutation"
+    cases = [(2, 16), (1, 1), (3, 64), (1, 5)]
+    for number, (batch, length) in enumerate(cases):
+        ids_shuffle = _distinct_noise(batch, length, 90 + number).argsort(1)
+        case = f"ids_shuffle of shape {(batch, length)}"
+        expected = ids_shuffle.argsort(1)
+        mistakes = {
+            "you returned the permutation itself, not its inverse": ids_shuffle,
+            "gather composes the permutation with itself; scatter writes "
+            "ids_restore[ids_shuffle[i]] = i": ids_shuffle.gather(1, ids_shuffle),
+        }
+        got = _call(name, case, fn, ids_shuffle)
+        _compare(name, case, got, expected, what="ids_restore", mistakes=mistakes)
+        if got.is_floating_point():
+            raise _fail(name, case, f"ids_restore must be integer indices, got {got.dtype}")
+    _passed(name, len(cases), "L = 1")
+
+
+# ------------------------------------------------------------------------------ chapter 4: encoder
+
+
+def check_forward_masked(
+    fn: Callable[[MAEEncoder, torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, ...]],
+) -> None:
+    """Exercise 4.3: `fn(encoder, images, mask_ratio, noise)` against `encoder.forward_masked`.
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L) -> latent (B, 1 + K, D), mask (B, L),
+        ids_restore (B, L).
+    """
+    name = "check_forward_masked"
+    with _private_rng():
+        encoder = MaskedAutoencoder(MAEConfig.from_preset("tiny")).encoder.eval()
+    config = encoder.config
+    cases = [(2, 0.75), (1, 0.5), (3, 0.9)]
+    for number, (batch, ratio) in enumerate(cases):
+        gen = _gen(100 + number)
+        images = torch.randn(
+            batch, config.in_chans, config.image_size, config.image_size, generator=gen
+        )
+        noise = _distinct_noise(batch, config.num_patches, 110 + number)
+        case = f"the tiny preset (L = {config.num_patches}), {batch} images, mask_ratio={ratio}"
+        with torch.no_grad():
+            latent, mask, ids_restore = encoder.forward_masked(images, ratio, noise)
+            unpositioned = encoder.patch_embed(images)  # (B, L, D), no positions
+            no_positions = encoder.run_blocks(random_masking(unpositioned, ratio, noise)[0])
+            got = _call(name, case, fn, encoder, images, ratio, noise)
+        if not isinstance(got, tuple | list) or len(got) != 3:
+            raise _fail(name, case, "return a tuple (latent, mask, ids_restore)")
+        full = (batch, 1 + config.num_patches, config.embed_dim)
+        if isinstance(got[0], torch.Tensor) and tuple(got[0].shape) == full:
+            raise _fail(
+                name,
+                case,
+                f"latent has shape {full}: the blocks ran on all L patches",
+                "mask first, then run the blocks on the K visible tokens only",
+            )
+        mistakes = {"add the positions before masking (encoder.embed does both)": no_positions}
+        _compare(name, case, got[0], latent, what="latent", mistakes=mistakes, atol=1e-4)
+        _compare(name, case, got[1], mask, what="mask", mistakes={"opposite convention": 1 - mask})
+        _compare(name, case, got[2], ids_restore, what="ids_restore")
+    _passed(name, len(cases), "a single image and a 90% mask")
+
+
+def _counted_block_flops(num_tokens: int, width: int) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with _private_rng():
+        block = Block(width, 2, 4 * width)
+    block.attn.fused = False  # explicit attention: its two matrix products are counted
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        block(torch.zeros(1, num_tokens, width))
+    return counter.get_total_flops()
+
+
+def check_block_flops(fn: Callable[[int, int], int]) -> None:
+    """Exercise 4.4: `fn(num_tokens, width)`, the FLOPs of one `Block` on one sequence, against
+    `torch.utils.flop_counter.FlopCounterMode` counting a real block (MLP width 4D)."""
+    name = "check_block_flops"
+    cases = [(17, 32), (1, 8), (65, 16), (5, 64), (257, 4)]
+    for n, d in cases:
+        case = f"N = {n} tokens of width D = {d}"
+        expected = _counted_block_flops(n, d)
+        got = _call(name, case, fn, n, d)
+        if not isinstance(got, int | float) or isinstance(got, bool):
+            raise _fail(name, case, f"return a number, got {type(got).__name__}")
+        if got != expected:
+            mistakes = {
+                expected / 2: "count 2 FLOPs per multiply-add, as FlopCounterMode does",
+                24 * n * d * d: "the attention term (scores and weighted sum) is missing",
+                24 * n * d * d + 2 * n * n * d: "QK^T and the weighted sum of V each cost 2 N^2 D",
+            }
+            raise _fail(
+                name,
+                case,
+                f"yours {got:,}, counted {expected:,}",
+                mistakes.get(got, "count the matrix products of qkv, attention, proj and the MLP"),
+            )
+    _passed(name, len(cases), "a single token and N > 6D, where attention dominates")
+
+
+# ------------------------------------------------------------------------------ chapter 5: decoder
+
+
+def _fill_and_unshuffle(
+    x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
+) -> torch.Tensor:
+    # The first steps of MAEDecoder.forward, line for line (tests check that they agree).
+    batch, length = ids_restore.shape
+    fill = mask_token.expand(batch, length + 1 - x.shape[1], -1)  # (B, L - K, E)
+    shuffled = torch.cat([x[:, 1:], fill], dim=1)  # (B, L, E), kept first
+    return torch.cat([x[:, :1], gather_tokens(shuffled, ids_restore)], dim=1)  # (B, 1 + L, E)
+
+
+def check_fill_and_unshuffle(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Exercise 5.1: `fn(x, mask_token, ids_restore)` against the first steps of `MAEDecoder`.
+
+    Shapes:
+        x: (B, 1 + K, E) with the cls token first, mask_token: (1, 1, E), ids_restore: (B, L)
+        -> (B, 1 + L, E), the cls token first and every token at its patch's place.
+    """
+    name = "check_fill_and_unshuffle"
+    cases = [(2, 16, 4, 6), (1, 64, 16, 8), (3, 10, 1, 2), (1, 5, 4, 3)]
+    for number, (batch, length, keep, width) in enumerate(cases):
+        gen = _gen(120 + number)
+        x = torch.randn(batch, 1 + keep, width, generator=gen)
+        mask_token = torch.randn(1, 1, width, generator=gen)
+        ids_shuffle = _distinct_noise(batch, length, 130 + number).argsort(1)
+        ids_restore = ids_shuffle.argsort(1)
+        case = f"x of shape {(batch, 1 + keep, width)}, ids_restore of shape {(batch, length)}"
+        expected = _fill_and_unshuffle(x, mask_token, ids_restore)
+        mistakes = {
+            "you gathered with ids_shuffle's order; gather with ids_restore": _fill_and_unshuffle(
+                x, mask_token, ids_shuffle
+            ),
+            "the mask tokens go after the visible tokens before unshuffling": torch.cat(
+                [
+                    x[:, :1],
+                    gather_tokens(
+                        torch.cat([mask_token.expand(batch, length - keep, -1), x[:, 1:]], 1),
+                        ids_restore,
+                    ),
+                ],
+                1,
+            ),
+            "the cls token must stay first and must not be shuffled": gather_tokens(
+                torch.cat([x, mask_token.expand(batch, length - keep, -1)], 1),
+                torch.cat([torch.zeros(batch, 1, dtype=torch.long), ids_restore + 1], 1),
+            ),
+        }
+        got = _call(name, case, fn, x, mask_token, ids_restore)
+        if isinstance(got, torch.Tensor) and tuple(got.shape) == (batch, length, width):
+            raise _fail(
+                name,
+                case,
+                f"the result has shape {(batch, length, width)}: the cls token is missing",
+                "keep x[:, :1] in front",
+            )
+        _compare(name, case, got, expected, what="the tokens", mistakes=mistakes)
+    _passed(name, len(cases), "K = 1")
+
+
+def check_paste_visible(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Exercise 5.3: `fn(pred, target, mask)`: the true patches where visible, the predicted ones
+    where removed, as the paper's figures show.
+
+    Shapes:
+        pred, target: (B, L, P*P*C), mask: (B, L) with 1 = removed -> (B, L, P*P*C).
+    """
+    name = "check_paste_visible"
+    cases = [(2, 16, 12), (1, 64, 48), (3, 4, 3)]
+    for number, (batch, length, dim) in enumerate(cases):
+        gen = _gen(140 + number)
+        pred, target = torch.randn(2, batch, length, dim, generator=gen)
+        mask = (torch.rand(batch, length, generator=gen) < 0.75).float()
+        mask[:, 0], mask[:, -1] = 1.0, 0.0
+        case = f"pred and target of shape {(batch, length, dim)}"
+        m = mask[..., None]  # (B, L, 1)
+        expected = target * (1 - m) + pred * m
+        mistakes = {
+            "the opposite convention: 1 = removed (show the prediction), 0 = visible": (
+                pred * (1 - m) + target * m
+            ),
+        }
+        got = _call(name, case, fn, pred, target, mask)
+        _compare(name, case, got, expected, what="the pasted patches", mistakes=mistakes)
+    _passed(name, len(cases), "patches of 3 numbers")
+
+
+# ---------------------------------------------------------------------------------- chapter 6: loss
+
+
+def _loss_inputs(batch: int, length: int, dim: int, seed: int) -> tuple[torch.Tensor, ...]:
+    gen = _gen(seed)
+    pred = torch.randn(batch, length, dim, generator=gen)
+    target = torch.rand(batch, length, dim, generator=gen) * 3 + 1
+    target[0, 0] = 0.5  # a flat patch, as a clear sky gives
+    target[-1, 1] = 0.5 + 1e-3 * torch.randn(dim, generator=gen)  # nearly flat: eps matters
+    mask = (torch.rand(batch, length, generator=gen) < 0.75).float()
+    mask[:, 0], mask[:, -1] = 1.0, 0.0
+    return pred, target, mask
+
+
+def check_normalize_patches(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 6.4: `fn(patches)` against `mae_tutorial.losses.normalize_patches` (eps = 1e-6).
+
+    Shapes:
+        patches: (B, L, P*P*C) -> (B, L, P*P*C).
+    """
+    name = "check_normalize_patches"
+    cases = [(2, 16, 12), (1, 64, 48), (3, 4, 2)]
+    for number, (batch, length, dim) in enumerate(cases):
+        patches = _loss_inputs(batch, length, dim, 160 + number)[1]
+        case = f"patches of shape {(batch, length, dim)}, one of them flat"
+        expected = normalize_patches(patches)
+        mean = patches.mean(-1, keepdim=True)
+        mistakes = {
+            "use the unbiased variance (Tensor.var's default), as the official code does": (
+                patches - mean
+            )
+            / (patches.var(-1, unbiased=False, keepdim=True) + 1e-6) ** 0.5,
+            "normalise each patch over its own numbers (the last dimension)": (
+                patches - patches.mean(1, keepdim=True)
+            )
+            / (patches.var(1, keepdim=True) + 1e-6) ** 0.5,
+            "eps goes inside the square root: (var + eps) ** 0.5": (patches - mean)
+            / (patches.var(-1, keepdim=True) ** 0.5 + 1e-6),
+        }
+        got = _call(name, case, fn, patches)
+        _compare(name, case, got, expected, what="the normalised patches", mistakes=mistakes)
+    _passed(name, len(cases), "flat and nearly flat patches and patches of 2 numbers")
+
+
+def check_masked_mse_loss(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Exercise 6.1: `fn(pred, target, mask)` against `masked_mse_loss(..., norm_pix=True)`.
+
+    Shapes:
+        pred, target: (B, L, P*P*C), mask: (B, L) with 1 = removed -> a scalar tensor.
+    """
+    name = "check_masked_mse_loss"
+    cases = [(2, 16, 12), (1, 64, 48), (3, 4, 2), (1, 2, 3)]
+    for number, (batch, length, dim) in enumerate(cases):
+        pred, target, mask = _loss_inputs(batch, length, dim, 170 + number)
+        case = f"pred and target of shape {(batch, length, dim)}, {int(mask.sum())} patches removed"
+        expected = masked_mse_loss(pred, target, mask)
+        per_patch = ((pred - normalize_patches(target)) ** 2).mean(-1)  # (B, L)
+        mistakes = {
+            "average over the removed patches only, not over every patch": per_patch.mean(),
+            "the opposite convention: the loss counts the removed patches (mask = 1)": (
+                masked_mse_loss(pred, target, 1 - mask)
+            ),
+            "normalise each target patch by its mean and variance first": masked_mse_loss(
+                pred, target, mask, norm_pix=False
+            ),
+            "divide by the number of removed patches, not by B * L": (per_patch * mask).mean(),
+            "use the unbiased variance (Tensor.var's default)": masked_mse_loss(
+                pred,
+                (target - target.mean(-1, keepdim=True))
+                / (target.var(-1, unbiased=False, keepdim=True) + 1e-6) ** 0.5,
+                mask,
+                norm_pix=False,
+            ),
+        }
+        got = _call(name, case, fn, pred, target, mask)
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.reshape(())
+        _compare(name, case, got, expected, what="the loss", mistakes=mistakes)
+    _passed(name, len(cases), "a flat target patch and a single removed patch")
+
+
+# ------------------------------------------------------------------------- chapter 7: pretraining
+
+
+def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> None:
+    """Exercise for chapter 7: `fn(step, total_steps, warmup_steps, peak_lr, min_lr)`, the learning
+    rate of 0-based step `step`, against `mae_tutorial.pretrain.lr_at` (linear warmup from 0, then
+    cosine down to min_lr at total_steps)."""
+    from mae_tutorial.pretrain import lr_at
+
+    name = "check_lr_schedule"
+    schedules = [(100, 10, 1e-3, 0.0), (50, 5, 1.5e-4, 1e-6), (20, 0, 0.1, 0.01), (8, 8, 1.0, 0.0)]
+    for total, warmup, peak, low in schedules:
+        steps = sorted({0, 1, warmup // 2, max(warmup - 1, 0), warmup, warmup + 1, total // 2})
+        steps += [total - 1, total]
+        case_of = f"total_steps={total}, warmup_steps={warmup}, peak_lr={peak}, min_lr={low}"
+        for step in steps:
+            case = f"step={step} of a schedule with {case_of}"
+            expected = lr_at(step, total, warmup, peak, low)
+            got = _call(name, case, fn, step, total, warmup, peak, low)
+            if isinstance(got, torch.Tensor):
+                got = got.item()
+            if not isinstance(got, int | float):
+                raise _fail(name, case, f"return a float, got {type(got).__name__}")
+            if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12):
+                progress = (step - warmup) / max(1, total - warmup)
+                known = {
+                    round(peak * (step + 1) / warmup, 12) if warmup else None: (
+                        "the warmup starts at 0 at step 0 and reaches peak_lr at step warmup_steps"
+                    ),
+                    round(peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1))), 12): (
+                        "the cosine ends at min_lr, not at 0"
+                    ),
+                    round(low + (peak - low) * (1 - min(progress, 1)), 12): (
+                        "after the warmup the decay follows half a cosine, not a straight line"
+                    ),
+                }
+                raise _fail(
+                    name,
+                    case,
+                    f"yours {got:.6g}, expected {expected:.6g}",
+                    known.get(round(got, 12)),
+                )
+    _passed(name, len(schedules), "no warmup, warmup to the end and the last step")
+
+
+def _decays(groups: Any, model: nn.Module, name: str, case: str) -> dict[str, float]:
+    """{parameter name: weight decay} from a list of AdamW groups; each parameter exactly once."""
+    if not isinstance(groups, list | tuple) or not all(isinstance(g, dict) for g in groups):
+        raise _fail(name, case, "return a list of dicts, each with 'params' and 'weight_decay'")
+    names = {id(p): n for n, p in model.named_parameters()}
+    found: dict[str, float] = {}
+    for group in groups:
+        if "params" not in group or "weight_decay" not in group:
+            raise _fail(
+                name,
+                case,
+                f"a group has keys {sorted(group)}; it needs 'params' and 'weight_decay'",
+            )
+        for param in group["params"]:
+            key = names.get(id(param))
+            if key is None:
+                raise _fail(
+                    name, case, "a group holds a tensor that is not a parameter of the model"
+                )
+            if key in found:
+                raise _fail(
+                    name, case, f"{key} appears in two groups; every parameter belongs to one"
+                )
+            found[key] = float(group["weight_decay"])
+    return found
+
+
+def check_param_groups(fn: Callable[[nn.Module, float], list[dict[str, Any]]]) -> None:
+    """Exercise for chapter 7: `fn(model, weight_decay)`, AdamW parameter groups, against
+    `mae_tutorial.pretrain.param_groups`: decay on weight matrices only, not on norms, biases or
+    the cls and mask tokens. Compared as {parameter: weight decay}, order-insensitive."""
+    from mae_tutorial.pretrain import param_groups
+
+    name = "check_param_groups"
+    with _private_rng():
+        config = MAEConfig.from_preset("tiny")
+        models = [
+            ("the tiny MaskedAutoencoder", MaskedAutoencoder(config), 0.05),
+            ("a tiny ViTClassifier", ViTClassifier(config), 0.1),
+        ]
+    for label, model, decay in models:
+        case = f"{label} with weight_decay={decay}"
+        expected = _decays(param_groups(model, decay), model, name, case)
+        got = _decays(_call(name, case, fn, model, decay), model, name, case)
+        missing = sorted(set(expected) - set(got))
+        if missing:
+            raise _fail(name, case, f"{len(missing)} parameters are in no group, e.g. {missing[0]}")
+        for key in expected:
+            if not math.isclose(got[key], expected[key]):
+                why = (
+                    "decay weight matrices only: norms, biases and the cls and mask tokens get 0"
+                    if expected[key] == 0
+                    else f"weight matrices get weight_decay={decay}"
+                )
+                raise _fail(
+                    name,
+                    case,
+                    f"{key} (shape {tuple(model.get_parameter(key).shape)}) gets weight decay "
+                    f"{got[key]}, expected {expected[key]}",
+                    why,
+                )
+    _passed(name, len(models), "the cls token, the mask token and a classifier head")
+
+
+# -------------------------------------------------------------------------- chapter 8: evaluation
+
+
+def check_topk_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, int], float]) -> None:
+    """Exercise for chapter 8: `fn(scores, labels, k)`, the percentage (0-100) of rows whose label
+    is among the k highest scores, against `mae_tutorial.evaluate.topk_accuracy(scores, labels,
+    ks=(k,))[k]` (the package's version takes several k at once and returns a dict).
+
+    Shapes:
+        scores: (N, classes), labels: (N,) -> a float.
+    """
+    from mae_tutorial.evaluate import topk_accuracy
+
+    name = "check_topk_accuracy"
+    cases = [(50, 10, 1), (50, 10, 5), (7, 3, 2), (1, 10, 1), (20, 4, 4), (30, 100, 10)]
+    for number, (n, classes, k) in enumerate(cases):
+        gen = _gen(180 + number)
+        scores = torch.randn(n, classes, generator=gen)
+        labels = torch.randint(0, classes, (n,), generator=gen)
+        labels[: n // 3] = scores[: n // 3].argmax(1)  # some hits for k = 1
+        case = f"scores of shape {(n, classes)}, k={k}"
+        expected = topk_accuracy(scores, labels, (k,))[k]
+        got = _call(name, case, fn, scores, labels, k)
+        if isinstance(got, torch.Tensor):
+            got = got.item()
+        if not isinstance(got, int | float):
+            raise _fail(name, case, f"return a number, got {type(got).__name__}")
+        if not math.isclose(got, expected, abs_tol=1e-4):
+            lowest = topk_accuracy(-scores, labels, (k,))[k]
+            known = {
+                round(expected / 100, 6): "return a percentage, 0-100, not a fraction",
+                round(lowest, 6): "take the k HIGHEST scores",
+            }
+            raise _fail(
+                name, case, f"yours {got:.6g}, expected {expected:.6g}", known.get(round(got, 6))
+            )
+    _passed(name, len(cases), "a single row and k equal to the number of classes")
+
+
+def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
+    """Exercise for chapter 8: `fn(train_features, train_labels, query_features, num_classes, k=...,
+    temperature=...)` against `mae_tutorial.evaluate.knn_scores`: each of the k most cosine-similar
+    training points votes for its label with weight exp(similarity / temperature).
+
+    Shapes:
+        train_features: (N, D), train_labels: (N,), query_features: (M, D) -> (M, num_classes).
+    """
+    from mae_tutorial.evaluate import knn_scores
+
+    name = "check_knn_scores"
+    cases = [
+        (40, 8, 10, 5, 5, 0.07),
+        (30, 4, 3, 4, 1, 0.5),
+        (12, 16, 6, 3, 12, 0.1),
+        (20, 2, 1, 6, 3, 1.0),
+    ]
+    for number, (n, dim, m, classes, k, temperature) in enumerate(cases):
+        gen = _gen(190 + number)
+        train = torch.randn(n, dim, generator=gen) * torch.rand(n, 1, generator=gen) * 5
+        labels = torch.randint(0, classes - 1, (n,), generator=gen)  # the last class never occurs
+        queries = torch.randn(m, dim, generator=gen)
+        case = f"{n} training points of width {dim}, {m} queries, {classes} classes, k={k}, temperature={temperature}"
+        expected = knn_scores(train, labels, queries, classes, k=k, temperature=temperature)
+        similarity = F.normalize(queries) @ F.normalize(train).T  # (M, N)
+        top, index = similarity.topk(k, dim=1)
+        uniform = torch.zeros(m, classes).scatter_add_(1, labels[index], torch.ones_like(top))
+        raw = queries @ train.T  # (M, N), not cosine
+        top_raw, index_raw = raw.topk(k, dim=1)
+        dot = torch.zeros(m, classes).scatter_add_(
+            1, labels[index_raw], (top_raw / temperature).exp()
+        )
+        mistakes = {
+            "weight each vote by exp(similarity / temperature)": uniform,
+            "use cosine similarity: normalise the features to unit length first": dot,
+        }
+        got = _call(name, case, fn, train, labels, queries, classes, k=k, temperature=temperature)
+        _compare(name, case, got, expected, what="the votes", mistakes=mistakes, rtol=1e-4)
+    _passed(name, len(cases), "k = 1, k = N and a class no training point has")
+
+
+# ------------------------------------------------------------------------- chapter 9: ablations
+
+
+def check_grid_noise(fn: Callable[[int, int, int, torch.Generator], torch.Tensor]) -> None:
+    """Exercise for chapter 9: `fn(batch, grid_size, stride, generator)` returns noise (B, L) such
+    that `random_masking` at mask ratio 1 - 1/stride**2 keeps exactly one patch in every stride x
+    stride cell, at a random offset per image. A property check, since the offsets are random (the
+    package's version is `mae_tutorial.masking.grid_noise`)."""
+    name = "check_grid_noise"
+    cases = [(64, 8, 2), (32, 8, 4), (16, 4, 2), (32, 6, 3), (8, 2, 2)]
+    for number, (batch, grid, stride) in enumerate(cases):
+        case = f"batch={batch}, grid_size={grid}, stride={stride}"
+        got = _call(name, case, fn, batch, grid, stride, _gen(200 + number))
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (batch, grid * grid):
+            raise _fail(
+                name, case, f"the noise has shape {_shape(got)}, expected {(batch, grid * grid)}"
+            )
+        again = _call(name, case, fn, batch, grid, stride, _gen(200 + number))
+        if not torch.equal(got, again):
+            raise _fail(
+                name,
+                case,
+                "two calls with identically seeded generators differ",
+                "draw every random number from `generator`",
+            )
+        ratio = 1 - 1 / stride**2
+        tokens = torch.zeros(batch, grid * grid, 1)
+        mask = random_masking(tokens, ratio, got.float())[1].view(batch, grid, grid)  # 1 = removed
+        kept = 1 - mask  # (B, grid, grid)
+        cells = kept.view(batch, grid // stride, stride, grid // stride, stride).sum((2, 4))
+        if not torch.all(cells == 1):
+            image = int((cells != 1).any(2).any(1).nonzero()[0])
+            row, col = (cells[image] != 1).nonzero()[0].tolist()
+            raise _fail(
+                name,
+                case,
+                f"image {image} keeps {int(cells[image, row, col])} patches in the cell at "
+                f"row {row}, column {col} of the {stride}x{stride} cells, expected exactly 1",
+                "give the one patch to keep per cell the lowest noise, every other patch a higher one",
+            )
+        offsets = {
+            tuple(int(v) for v in kept[b].nonzero()[0] % stride) for b in range(batch)
+        }  # the kept patch's place in its cell
+        if stride > 1 and len(offsets) == 1:
+            raise _fail(
+                name,
+                case,
+                f"all {batch} images keep the patch at offset {offsets.pop()} of every cell",
+                "draw a random offset (row and column) per image",
+            )
+    _passed(name, len(cases), "a stride of 3 and a grid of a single cell")
+
+
+def _mask_token_fill(
+    tokens: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor, pos_embed: torch.Tensor
+) -> torch.Tensor:
+    # MAEEncoder.forward_masked with mask_token_in_encoder (tests check that they agree).
+    m = mask.unsqueeze(-1)  # (B, L, 1)
+    return tokens * (1 - m) + (mask_token + pos_embed) * m  # (B, L, D)
+
+
+def check_mask_token_fill(
+    fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """Exercise for chapter 9 (the mask token in the encoder, the paper's Table 1c):
+    `fn(tokens, mask, mask_token, pos_embed)` replaces every removed token by the mask token plus
+    its position, as `MAEEncoder.forward_masked` does with `mask_token_in_encoder=True`.
+
+    Shapes:
+        tokens: (B, L, D) patch embeddings with positions, mask: (B, L) with 1 = removed,
+        mask_token: (1, 1, D), pos_embed: (1, L, D) -> (B, L, D).
+    """
+    name = "check_mask_token_fill"
+    cases = [(2, 16, 8), (1, 64, 32), (3, 4, 2)]
+    for number, (batch, length, dim) in enumerate(cases):
+        gen = _gen(210 + number)
+        tokens = torch.randn(batch, length, dim, generator=gen)
+        mask_token = torch.randn(1, 1, dim, generator=gen)
+        pos_embed = torch.randn(1, length, dim, generator=gen)
+        mask = (torch.rand(batch, length, generator=gen) < 0.75).float()
+        mask[:, 0], mask[:, -1] = 1.0, 0.0
+        case = f"tokens of shape {(batch, length, dim)}"
+        expected = _mask_token_fill(tokens, mask, mask_token, pos_embed)
+        mistakes = {
+            "the opposite convention: 1 = removed (gets the mask token), 0 = visible": (
+                _mask_token_fill(tokens, 1 - mask, mask_token, pos_embed)
+            ),
+            "add the position of each place to its mask token, or every mask token looks alike": (
+                _mask_token_fill(tokens, mask, mask_token, torch.zeros_like(pos_embed))
+            ),
+        }
+        got = _call(name, case, fn, tokens, mask, mask_token, pos_embed)
+        _compare(name, case, got, expected, what="the tokens", mistakes=mistakes)
+    _passed(name, len(cases), "tokens of width 2")

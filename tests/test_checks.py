@@ -1,0 +1,426 @@
+"""mae_tutorial.checks: every check passes the reference and names the problem in wrong answers."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from mae_tutorial import checks
+from mae_tutorial.attention import attention_weights
+from mae_tutorial.config import MAEConfig
+from mae_tutorial.evaluate import knn_scores, topk_accuracy
+from mae_tutorial.losses import masked_mse_loss, normalize_patches
+from mae_tutorial.masking import grid_noise, random_masking
+from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder
+from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.pretrain import lr_at, param_groups
+
+# ----------------------------------------------------------------- right answers, one per check
+
+
+def pixel_mask(mask: torch.Tensor, p: int) -> torch.Tensor:
+    grid = int(mask.shape[1] ** 0.5)
+    view = mask.view(-1, 1, grid, grid)
+    return view.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+
+
+def mean_fill(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    visible = 1 - removed
+    mean = (images * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
+    return images * visible + mean * removed
+
+
+def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    n = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    future = torch.ones(n, n, dtype=torch.bool).triu(1)
+    return scores.masked_fill(future, float("-inf")).softmax(-1) @ v
+
+
+def forward_masked(encoder: MAEEncoder, images: torch.Tensor, ratio: float, noise: torch.Tensor):
+    return encoder.forward_masked(images, ratio, noise)
+
+
+def block_flops(n: int, d: int) -> int:
+    return 24 * n * d * d + 4 * n * n * d
+
+
+def fill_and_unshuffle(x: torch.Tensor, token: torch.Tensor, ids_restore: torch.Tensor):
+    batch, length = ids_restore.shape
+    shuffled = torch.cat([x[:, 1:], token.expand(batch, length + 1 - x.shape[1], -1)], 1)
+    index = ids_restore[..., None].expand(-1, -1, x.shape[-1])
+    return torch.cat([x[:, :1], shuffled.gather(1, index)], 1)
+
+
+def paste(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.bool()[..., None], pred, target)
+
+
+def topk(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    return topk_accuracy(scores, labels, (k,))[k]
+
+
+def mask_token_fill(tokens, mask, token, pos):
+    return torch.where(mask.bool()[..., None], token + pos, tokens)
+
+
+RIGHT: dict[str, Callable[..., Any]] = {
+    "check_pixel_mask": pixel_mask,
+    "check_mean_fill": mean_fill,
+    "check_patchify": patchify,
+    "check_unpatchify": unpatchify,
+    "check_attention_weights": attention_weights,
+    "check_causal_attention": causal,
+    "check_random_masking": random_masking,
+    "check_inverse_permutation": lambda ids: torch.empty_like(ids).scatter_(
+        1, ids, torch.arange(ids.shape[1]).expand_as(ids)
+    ),
+    "check_forward_masked": forward_masked,
+    "check_block_flops": block_flops,
+    "check_fill_and_unshuffle": fill_and_unshuffle,
+    "check_paste_visible": paste,
+    "check_normalize_patches": normalize_patches,
+    "check_masked_mse_loss": masked_mse_loss,
+    "check_lr_schedule": lr_at,
+    "check_param_groups": param_groups,
+    "check_topk_accuracy": topk,
+    "check_knn_scores": knn_scores,
+    "check_grid_noise": lambda b, g, s, gen: grid_noise(b, g, s, gen),
+    "check_mask_token_fill": mask_token_fill,
+}
+
+
+def test_every_check_has_a_right_answer_here() -> None:
+    names = {name for name in checks.__all__ if name.startswith("check_")}
+    assert names == set(RIGHT)
+
+
+@pytest.mark.parametrize("name", sorted(RIGHT))
+def test_check_passes_the_reference_with_one_line(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    getattr(checks, name)(RIGHT[name])
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(f"{name} passed"), out
+
+
+def test_checks_leave_the_global_rng_alone() -> None:
+    state = torch.get_rng_state()
+    checks.check_forward_masked(forward_masked)
+    checks.check_param_groups(param_groups)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+def test_not_implemented_passes_through_and_failures_are_assertion_errors() -> None:
+    def stub(*args: Any) -> None:
+        raise NotImplementedError("exercise 1.4: implement my_patchify")
+
+    with pytest.raises(NotImplementedError, match="exercise 1.4"):
+        checks.check_patchify(stub)
+    assert issubclass(checks.ExerciseFailed, AssertionError)
+
+
+def test_a_crash_names_the_case() -> None:
+    with pytest.raises(checks.ExerciseFailed, match=r"raised ZeroDivisionError.*|shape"):
+        checks.check_patchify(lambda images, p: 1 / 0)
+
+
+def test_messages_do_not_show_reference_code() -> None:
+    with pytest.raises(checks.ExerciseFailed) as info:
+        checks.check_patchify(
+            lambda x, p: rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p)
+        )
+    assert "rearrange" not in str(info.value) and "def " not in str(info.value)
+
+
+# ---------------------------------------------------------- wrong answers: two or more per check
+
+
+def _causal_no_mask(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v)
+
+
+def _causal_diagonal(q, k, v):
+    n = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return scores.masked_fill(torch.ones(n, n).triu(0).bool(), float("-inf")).softmax(-1) @ v
+
+
+def _masking_opposite(x, r, noise):
+    visible, mask, ids_restore = random_masking(x, r, noise)
+    return visible, 1 - mask, ids_restore
+
+
+def _masking_highest(x, r, noise):
+    return random_masking(x, r, -noise)
+
+
+def _masking_shuffled_mask(x, r, noise):
+    visible, mask, ids_restore = random_masking(x, r, noise)
+    return visible, mask.gather(1, noise.argsort(1)), ids_restore
+
+
+def _masking_ids_shuffle(x, r, noise):
+    visible, mask, _ = random_masking(x, r, noise)
+    return visible, mask, noise.argsort(1)
+
+
+def _encoder_all_patches(encoder, images, r, noise):
+    _, mask, ids_restore = encoder.forward_masked(images, r, noise)
+    return encoder(images), mask, ids_restore
+
+
+def _encoder_no_positions(encoder, images, r, noise):
+    visible, mask, ids_restore = random_masking(encoder.patch_embed(images), r, noise)
+    return encoder.run_blocks(visible), mask, ids_restore
+
+
+def _unshuffle_with_shuffle(x, token, ids_restore):
+    return fill_and_unshuffle(x, token, ids_restore.argsort(1))
+
+
+def _unshuffle_no_cls(x, token, ids_restore):
+    return fill_and_unshuffle(x, token, ids_restore)[:, 1:]
+
+
+def _loss_all(pred, target, mask):
+    return ((pred - normalize_patches(target)) ** 2).mean()
+
+
+def _loss_biased(pred, target, mask):
+    t = (target - target.mean(-1, keepdim=True)) / (
+        target.var(-1, unbiased=False, keepdim=True) + 1e-6
+    ) ** 0.5
+    return masked_mse_loss(pred, t, mask, norm_pix=False)
+
+
+def _lr_to_zero(step, total, warmup, peak, low):
+    return lr_at(step, total, warmup, peak, 0.0)
+
+
+def _lr_warmup_off_by_one(step, total, warmup, peak, low):
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    return lr_at(step, total, warmup, peak, low)
+
+
+def _groups_decay_all(model, wd):
+    return [{"params": list(model.parameters()), "weight_decay": wd}]
+
+
+def _groups_decay_tokens(model, wd):
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _knn_dot(train, labels, queries, classes, k, temperature):
+    sim = queries @ train.T
+    top, index = sim.topk(k, 1)
+    return torch.zeros(len(queries), classes).scatter_add_(
+        1, labels[index], (top / temperature).exp()
+    )
+
+
+def _knn_uniform(train, labels, queries, classes, k, temperature):
+    sim = F.normalize(queries) @ F.normalize(train).T
+    top, index = sim.topk(k, 1)
+    return torch.zeros(len(queries), classes).scatter_add_(1, labels[index], torch.ones_like(top))
+
+
+def _grid_fixed_offset(batch, grid, stride, generator):
+    rows = torch.arange(grid).repeat_interleave(grid)
+    cols = torch.arange(grid).repeat(grid)
+    kept = (rows % stride == 0) & (cols % stride == 0)
+    return torch.rand(batch, grid * grid, generator=generator) + (~kept).float()
+
+
+def _grid_inverted(batch, grid, stride, generator):
+    return 2 - grid_noise(batch, grid, stride, generator)
+
+
+def _grid_unseeded(batch, grid, stride, generator):
+    return grid_noise(batch, grid, stride)
+
+
+WRONG: list[tuple[str, Callable[..., Any], str]] = [
+    ("check_pixel_mask", lambda m, p: pixel_mask(m, p).transpose(2, 3), "rows and columns"),
+    (
+        "check_pixel_mask",
+        lambda m, p: m.view(-1, 1, int(m.shape[1] ** 0.5), int(m.shape[1] ** 0.5)).repeat(
+            1, 1, p, p
+        ),
+        "repeat_interleave",
+    ),
+    (
+        "check_mean_fill",
+        lambda x, r: x * (1 - r) + x.mean((2, 3), keepdim=True) * r,
+        "visible pixels only",
+    ),
+    ("check_mean_fill", lambda x, r: mean_fill(x, 1 - r), "opposite convention"),
+    ("check_mean_fill", lambda x, r: mean_fill(x, r).mean(1, keepdim=True).expand_as(x), "differs"),
+    (
+        "check_patchify",
+        lambda x, p: rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p),
+        "(row in patch, column in patch, channel)",
+    ),
+    (
+        "check_patchify",
+        lambda x, p: rearrange(x, "b c (h p) (w q) -> b (w h) (p q c)", p=p, q=p),
+        "row by row",
+    ),
+    (
+        "check_patchify",
+        lambda x, p: rearrange(x, "b c (h p) (w q) -> b (h w) (q p c)", p=p, q=p),
+        "(row in patch",
+    ),
+    (
+        "check_unpatchify",
+        lambda x, p, s: rearrange(x, "b (h w) (c p q) -> b c (h p) (w q)", p=p, q=p, h=s // p),
+        "differs",
+    ),
+    (
+        "check_unpatchify",
+        lambda x, p, s: rearrange(x, "b (h w) (p q c) -> b c (w p) (h q)", p=p, q=p, h=s // p),
+        "differs",
+    ),
+    ("check_attention_weights", lambda q, k: (q @ k.transpose(-2, -1)).softmax(-1), "1/sqrt(d)"),
+    (
+        "check_attention_weights",
+        lambda q, k: (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-2),
+        "each row sums to 1",
+    ),
+    (
+        "check_attention_weights",
+        lambda q, k: (q @ k.transpose(-2, -1) / q.shape[-1]).softmax(-1),
+        "not 1/d",
+    ),
+    ("check_causal_attention", _causal_no_mask, "future is not masked"),
+    ("check_causal_attention", _causal_diagonal, "attend to itself"),
+    (
+        "check_causal_attention",
+        lambda q, k, v: causal(q.flip(-2), k.flip(-2), v.flip(-2)).flip(-2),
+        "masked the past",
+    ),
+    ("check_random_masking", _masking_opposite, "1 = removed"),
+    ("check_random_masking", _masking_highest, "LOWEST noise"),
+    ("check_random_masking", _masking_shuffled_mask, "gather it with ids_restore"),
+    ("check_random_masking", _masking_ids_shuffle, "that is ids_shuffle"),
+    ("check_inverse_permutation", lambda ids: ids, "the permutation itself"),
+    ("check_inverse_permutation", lambda ids: ids.gather(1, ids), "scatter"),
+    ("check_forward_masked", _encoder_all_patches, "all L patches"),
+    ("check_forward_masked", _encoder_no_positions, "positions before masking"),
+    ("check_block_flops", lambda n, d: 24 * n * d * d, "attention term"),
+    (
+        "check_block_flops",
+        lambda n, d: (24 * n * d * d + 4 * n * n * d) // 2,
+        "2 FLOPs per multiply-add",
+    ),
+    ("check_fill_and_unshuffle", _unshuffle_with_shuffle, "gather with ids_restore"),
+    ("check_fill_and_unshuffle", _unshuffle_no_cls, "cls token is missing"),
+    ("check_paste_visible", lambda p, t, m: paste(t, p, m), "opposite convention"),
+    ("check_paste_visible", lambda p, t, m: p, "differs"),
+    (
+        "check_normalize_patches",
+        lambda x: (
+            (x - x.mean(-1, keepdim=True)) / (x.var(-1, unbiased=False, keepdim=True) + 1e-6) ** 0.5
+        ),
+        "unbiased",
+    ),
+    (
+        "check_normalize_patches",
+        lambda x: (x - x.mean(1, keepdim=True)) / (x.var(1, keepdim=True) + 1e-6) ** 0.5,
+        "last dimension",
+    ),
+    (
+        "check_normalize_patches",
+        lambda x: (x - x.mean(-1, keepdim=True)) / (x.std(-1, keepdim=True) + 1e-6),
+        "inside the square root",
+    ),
+    ("check_masked_mse_loss", _loss_all, "removed patches only"),
+    ("check_masked_mse_loss", lambda p, t, m: masked_mse_loss(p, t, 1 - m), "opposite convention"),
+    (
+        "check_masked_mse_loss",
+        lambda p, t, m: masked_mse_loss(p, t, m, norm_pix=False),
+        "normalise each target",
+    ),
+    ("check_masked_mse_loss", _loss_biased, "unbiased"),
+    ("check_lr_schedule", _lr_to_zero, "min_lr"),
+    ("check_lr_schedule", _lr_warmup_off_by_one, "warmup starts at 0"),
+    ("check_param_groups", _groups_decay_all, "decay weight matrices only"),
+    ("check_param_groups", _groups_decay_tokens, "cls and mask tokens"),
+    ("check_topk_accuracy", lambda s, y, k: topk(s, y, k) / 100, "percentage"),
+    ("check_topk_accuracy", lambda s, y, k: topk(-s, y, k), "HIGHEST"),
+    ("check_knn_scores", _knn_dot, "cosine"),
+    ("check_knn_scores", _knn_uniform, "exp(similarity / temperature)"),
+    ("check_grid_noise", _grid_fixed_offset, "random offset"),
+    ("check_grid_noise", _grid_inverted, "exactly 1"),
+    ("check_grid_noise", _grid_unseeded, "generator"),
+    (
+        "check_mask_token_fill",
+        lambda x, m, t, p: mask_token_fill(x, 1 - m, t, p),
+        "opposite convention",
+    ),
+    ("check_mask_token_fill", lambda x, m, t, p: mask_token_fill(x, m, t, 0 * p), "position"),
+]
+
+
+def test_every_check_has_two_wrong_answers() -> None:
+    counts = {name: sum(1 for n, _, _ in WRONG if n == name) for name in RIGHT}
+    assert all(count >= 2 for count in counts.values()), counts
+
+
+@pytest.mark.parametrize(
+    ("name", "wrong", "says"), WRONG, ids=[f"{n}-{i}" for i, (n, _, _) in enumerate(WRONG)]
+)
+def test_check_fails_a_wrong_answer_naming_the_problem(
+    name: str, wrong: Callable[..., Any], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(checks.ExerciseFailed) as info:
+        getattr(checks, name)(wrong)
+    assert says in str(info.value), str(info.value)
+    assert str(info.value).startswith(f"{name} failed on ")
+    assert capsys.readouterr().out == "", "a failing check prints nothing"
+
+
+# --------------------------------------------- the checks' own references agree with the package
+
+
+def test_fill_and_unshuffle_reference_is_the_decoders(tiny: MAEConfig) -> None:
+    decoder = MAEDecoder(tiny).eval()
+    decoder.blocks = torch.nn.ModuleList()  # only the filling, unshuffling and positions remain
+    latent = torch.randn(2, 1 + tiny.num_visible, tiny.embed_dim)
+    ids_restore = torch.rand(2, tiny.num_patches).argsort(1).argsort(1)
+    with torch.no_grad():
+        tokens = checks._fill_and_unshuffle(
+            decoder.decoder_embed(latent), decoder.mask_token, ids_restore
+        )
+        ours = decoder.pred(decoder.norm(tokens + decoder.decoder_pos_embed))[:, 1:]
+        torch.testing.assert_close(ours, decoder(latent, ids_restore))
+
+
+def test_mask_token_fill_reference_is_the_encoders(tiny: MAEConfig) -> None:
+    import dataclasses
+
+    config = dataclasses.replace(tiny, mask_token_in_encoder=True)
+    encoder = MaskedAutoencoder(config).encoder.eval()
+    images = torch.randn(2, config.in_chans, config.image_size, config.image_size)
+    noise = torch.rand(2, config.num_patches)
+    with torch.no_grad():
+        latent, mask, _ = encoder.forward_masked(images, config.mask_ratio, noise)
+        filled = checks._mask_token_fill(
+            encoder.embed(images), mask, encoder.mask_token, encoder.pos_embed[:, 1:]
+        )
+        torch.testing.assert_close(encoder.run_blocks(filled), latent)
+
+
+def test_mean_fill_reference_is_the_chapters() -> None:
+    images = torch.rand(2, 3, 8, 8)
+    removed = (torch.rand(2, 1, 8, 8) < 0.5).float()
+    torch.testing.assert_close(checks._mean_fill(images, removed), mean_fill(images, removed))
