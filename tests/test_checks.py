@@ -264,7 +264,7 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
         "visible pixels only",
     ),
     ("check_mean_fill", lambda x, r: mean_fill(x, 1 - r), "opposite convention"),
-    ("check_mean_fill", lambda x, r: mean_fill(x, r).mean(1, keepdim=True).expand_as(x), "differs"),
+    ("check_mean_fill", lambda x, r: mean_fill(x, r).mean(1, keepdim=True).expand_as(x), "differ"),
     (
         "check_patchify",
         lambda x, p: rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p),
@@ -325,7 +325,7 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     ("check_fill_and_unshuffle", _unshuffle_with_shuffle, "gather with ids_restore"),
     ("check_fill_and_unshuffle", _unshuffle_no_cls, "cls token is missing"),
     ("check_paste_visible", lambda p, t, m: paste(t, p, m), "opposite convention"),
-    ("check_paste_visible", lambda p, t, m: p, "differs"),
+    ("check_paste_visible", lambda p, t, m: p, "differ"),
     (
         "check_normalize_patches",
         lambda x: (
