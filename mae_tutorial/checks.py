@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mae_tutorial.attention import attention_weights
@@ -297,13 +298,16 @@ def check_unpatchify(fn: Callable[[torch.Tensor, int, int], torch.Tensor]) -> No
             f"patches of shape {_shape(patches)} (C = {chans}), patch_size={p}, image_size={size}"
         )
         got = _call(name, case, fn, patches, p, size)
-
-        def hint(got: torch.Tensor, expected: torch.Tensor) -> str | None:
-            if torch.allclose(got.sort(1).values, expected.sort(1).values):
-                return "the channels are mixed up: the channel is the last factor of a patch vector"
-            return "read each patch vector as (row in patch, column in patch, channel)"
-
-        _compare(name, case, got, images, what="the images", hint=hint)
+        grid = size // p
+        mistakes = {
+            _PATCH_LAYOUT.replace("lay", "read"): rearrange(
+                patches, "b (h w) (c p1 p2) -> b c (h p1) (w p2)", h=grid, p1=p, p2=p
+            ),
+            _PATCH_ORDER.replace("number", "the patches are numbered").replace(
+                "the patches row", "row"
+            ): rearrange(patches, "b (h w) (p1 p2 c) -> b c (w p1) (h p2)", h=grid, p1=p, p2=p),
+        }
+        _compare(name, case, got, images, what="the images", mistakes=mistakes)
     _passed(name, len(cases), "one channel, one patch per image and P = 1")
 
 

@@ -283,12 +283,12 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     (
         "check_unpatchify",
         lambda x, p, s: rearrange(x, "b (h w) (c p q) -> b c (h p) (w q)", p=p, q=p, h=s // p),
-        "differs",
+        "(row in patch, column in patch, channel)",
     ),
     (
         "check_unpatchify",
         lambda x, p, s: rearrange(x, "b (h w) (p q c) -> b c (w p) (h q)", p=p, q=p, h=s // p),
-        "differs",
+        "row by row",
     ),
     ("check_attention_weights", lambda q, k: (q @ k.transpose(-2, -1)).softmax(-1), "1/sqrt(d)"),
     (
