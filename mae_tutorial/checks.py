@@ -34,12 +34,11 @@ from mae_tutorial.losses import masked_mse_loss, normalize_patches
 from mae_tutorial.masking import gather_tokens, random_masking
 from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
 from mae_tutorial.patches import patchify, unpatchify
-from mae_tutorial.transformer import Block
 
 __all__ = [
     "ExerciseFailed",
     "check_attention_weights",
-    "check_block_flops",
+    "check_encoder_flops",
     "check_causal_attention",
     "check_fill_and_unshuffle",
     "check_forward_masked",
@@ -49,12 +48,12 @@ __all__ = [
     "check_lr_schedule",
     "check_mask_token_fill",
     "check_masked_mse_loss",
-    "check_mean_fill",
     "check_normalize_patches",
     "check_param_groups",
+    "check_psnr",
     "check_paste_visible",
     "check_patchify",
-    "check_pixel_mask",
+    "check_patch_mask",
     "check_random_masking",
     "check_topk_accuracy",
     "check_unpatchify",
@@ -187,75 +186,87 @@ def _passed(name: str, cases: int, covers: str) -> None:
 # ---------------------------------------------------------------------- chapter 0: the prelude
 
 
-def _mean_fill(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    visible = 1 - removed  # (B, 1, H, W)
-    mean = (images * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
-    return images * visible + mean * removed  # (B, C, H, W)
+def _psnr(filled: torch.Tensor, images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    # The chapter's masked_mse, then PSNR for a peak value of 1.
+    squared = (filled - images) ** 2 * removed  # (B, C, H, W)
+    mse = squared.sum((1, 2, 3)) / (removed.sum((1, 2, 3)) * images.shape[1])  # (B,)
+    return -10 * mse.log10()
 
 
-def _patch_masks(batch: int, grid: int, seed: int) -> torch.Tensor:
-    """(B, grid*grid) masks with at least one removed and one visible patch per image."""
+def _pixel_masks(batch: int, size: int, p: int, seed: int) -> torch.Tensor:
+    """(B, 1, H, W) pixel masks of whole removed P x P patches, 1 = removed."""
+    grid = size // p
     mask = (torch.rand(batch, grid * grid, generator=_gen(seed)) < 0.6).float()
     mask[:, 0], mask[:, -1] = 1.0, 0.0
-    return mask
+    return unpatchify(mask[..., None].expand(-1, -1, p * p), p, size)
 
 
-def check_pixel_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
-    """Exercise 0.4: `fn(mask, patch_size)` turns a patch mask into a pixel mask.
-
-    Shapes:
-        mask: (B, L) with L = grid * grid, 1 = removed -> (B, 1, grid*P, grid*P).
-    """
-    name = "check_pixel_mask"
-    cases = [(2, 8, 4), (1, 4, 8), (3, 2, 3), (2, 32, 1), (1, 1, 5)]
-    for number, (batch, grid, p) in enumerate(cases):
-        mask = _patch_masks(batch, grid, number) if grid > 1 else torch.ones(batch, 1)
-        case = f"a mask of shape {(batch, grid * grid)} (a {grid}x{grid} grid), patch_size={p}"
-        expected = unpatchify(mask[..., None].expand(-1, -1, p * p), p, grid * p)
-        grid_view = mask.view(batch, 1, grid, grid)
-        mistakes = {
-            "rows and columns are swapped: patch i sits at grid row i // grid, column i % grid": (
-                grid_view.transpose(2, 3).repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
-            ),
-            "the mask is tiled instead of each patch being enlarged: "
-            "use repeat_interleave, not repeat": grid_view.repeat(1, 1, p, p),
-        }
-        got = _call(name, case, fn, mask, p)
-        _compare(name, case, got, expected, what="the pixel mask", mistakes=mistakes)
-    _passed(name, len(cases), "a 1-patch grid and P = 1")
-
-
-def check_mean_fill(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
-    """Exercise 0.5: `fn(images, removed)` fills removed pixels with the image's mean visible colour.
+def check_psnr(fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
+    """Exercise 0.4: `fn(filled, images, removed)`, the PSNR in dB of each filled image on its
+    removed pixels, for images in [0, 1]: -10 log10(mean squared error over the removed pixels
+    and the channels).
 
     Shapes:
-        images: (B, C, H, W), removed: (B, 1, H, W), 1 = removed -> (B, C, H, W).
+        filled, images: (B, C, H, W), removed: (B, 1, H, W) with 1 = removed -> (B,).
     """
-    name = "check_mean_fill"
-    cases = [(2, 3, 8, 4), (1, 1, 8, 2), (3, 3, 16, 4), (2, 3, 4, 4)]
+    name = "check_psnr"
+    cases = [(2, 3, 8, 4), (1, 1, 8, 2), (3, 3, 32, 4), (2, 3, 4, 1)]
     for number, (batch, chans, size, p) in enumerate(cases):
-        grid = size // p
-        images = torch.rand(batch, chans, size, size, generator=_gen(10 + number))
-        mask = _patch_masks(batch, grid, 20 + number)
-        removed = unpatchify(mask[..., None].expand(-1, -1, p * p), p, size)  # (B, 1, H, W)
-        case = f"images {(batch, chans, size, size)} with {int(mask.sum())} of {mask.numel()} patches removed"
-        expected = _mean_fill(images, removed)
-        every = images.mean((2, 3), keepdim=True)
-        grey = (images * (1 - removed)).sum((1, 2, 3), keepdim=True) / (
-            (1 - removed).sum((1, 2, 3), keepdim=True) * chans
-        )
+        gen = _gen(10 + number)
+        images = torch.rand(batch, chans, size, size, generator=gen)
+        removed = _pixel_masks(batch, size, p, 20 + number)
+        filled = images * (1 - removed) + torch.rand(images.shape, generator=gen) * removed
+        case = f"images of shape {(batch, chans, size, size)} and {p}x{p} patches removed"
+        expected = _psnr(filled, images, removed)
+        everywhere = -10 * ((filled - images) ** 2).mean((1, 2, 3)).log10()
         mistakes = {
-            "the mean must be over the visible pixels only, not the whole image": images
-            * (1 - removed)
-            + every * removed,
-            "take one mean per channel (a colour), not one grey level over all channels": images
-            * (1 - removed)
-            + grey * removed,
-            "the opposite convention: 1 = removed, 0 = visible": _mean_fill(images, 1 - removed),
+            "measure the error on the removed pixels only": everywhere,
+            "PSNR is 10 log10(1 / MSE) for a peak of 1 (20 log10 goes with the root of the MSE)": (
+                2 * expected
+            ),
+            "average over the channels too: divide by the number of removed pixels times C": (
+                expected - 10 * math.log10(chans)
+            ),
+            "one PSNR per image, not one for the whole batch": expected.mean().expand(batch),
         }
-        got = _call(name, case, fn, images, removed)
-        _compare(name, case, got, expected, what="the filled images", mistakes=mistakes)
-    _passed(name, len(cases), "one channel and a single-patch image side")
+        got = _call(name, case, fn, filled, images, removed)
+        if isinstance(got, torch.Tensor) and got.numel() == 1 and batch > 1:
+            raise _fail(name, case, f"one number for {batch} images", "return one PSNR per image")
+        _compare(name, case, got, expected, what="the PSNR", mistakes=mistakes, atol=1e-4)
+    _passed(name, len(cases), "one channel and single-pixel patches")
+
+
+def check_patch_mask(fn: Callable[[torch.Tensor, int], torch.Tensor]) -> None:
+    """Exercise 0.5: `fn(removed, patch_size)` turns a pixel mask into a patch mask: a patch
+    counts as removed when any of its pixels is, and patches are numbered row by row.
+
+    Shapes:
+        removed: (B, 1, H, W) with 1 = removed -> (B, L) with L = (H/P) * (W/P).
+    """
+    name = "check_patch_mask"
+    cases = [(2, 8, 4), (1, 8, 2), (3, 32, 4), (2, 6, 3), (1, 4, 1), (1, 4, 4)]
+    for number, (batch, size, p) in enumerate(cases):
+        removed = (torch.rand(batch, 1, size, size, generator=_gen(30 + number)) < 0.2).float()
+        removed[:, :, :p, :p] = 1.0  # the first patch entirely removed
+        case = f"a pixel mask of shape {(batch, 1, size, size)} (scattered pixels), patch_size={p}"
+        pooled = F.max_pool2d(removed, p)  # (B, 1, H/P, W/P)
+        expected = pooled.flatten(1)  # (B, L)
+        mistakes = {
+            "number the patches row by row: patch i sits at grid row i // (W/P), column i % (W/P)": (
+                pooled.transpose(2, 3).flatten(1)
+            ),
+            "a patch counts as removed when ANY of its pixels is removed (a 0/1 mask)": F.avg_pool2d(
+                removed, p
+            ).flatten(1),
+            "a patch counts as removed when ANY of its pixels is removed, not only when all are": (
+                -F.max_pool2d(-removed, p)
+            ).flatten(1),
+        }
+        got = _call(name, case, fn, removed, p)
+        if isinstance(got, torch.Tensor) and got.dtype == torch.bool:
+            got = got.float()
+        _compare(name, case, got, expected, what="the patch mask", mistakes=mistakes)
+    _passed(name, len(cases), "scattered pixels, P = 1 and a single patch per image")
 
 
 # ------------------------------------------------------------------ chapter 1: patches, positions
@@ -519,41 +530,63 @@ def check_forward_masked(
     _passed(name, len(cases), "a single image and a 90% mask")
 
 
-def _counted_block_flops(num_tokens: int, width: int) -> int:
+def _counted_encoder_flops(encoder: MAEEncoder, mask_ratio: float) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
-    with _private_rng():
-        block = Block(width, 2, 4 * width)
-    block.attn.fused = False  # explicit attention: its two matrix products are counted
+    c = encoder.config
+    for module in encoder.modules():
+        if hasattr(module, "fused"):
+            module.fused = False  # explicit attention: its two matrix products are counted
+    image = torch.zeros(1, c.in_chans, c.image_size, c.image_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        block(torch.zeros(1, num_tokens, width))
+        encoder.forward_masked(image, mask_ratio)
     return counter.get_total_flops()
 
 
-def check_block_flops(fn: Callable[[int, int], int]) -> None:
-    """Exercise 4.4: `fn(num_tokens, width)`, the FLOPs of one `Block` on one sequence, against
-    `torch.utils.flop_counter.FlopCounterMode` counting a real block (MLP width 4D)."""
-    name = "check_block_flops"
-    cases = [(17, 32), (1, 8), (65, 16), (5, 64), (257, 4)]
-    for n, d in cases:
-        case = f"N = {n} tokens of width D = {d}"
-        expected = _counted_block_flops(n, d)
-        got = _call(name, case, fn, n, d)
+def check_encoder_flops(fn: Callable[[MAEConfig, float], int]) -> None:
+    """Exercise 4.4: `fn(config, mask_ratio)`, the FLOPs of the matrix products of encoding one
+    image with `mask_ratio` of its patches removed, against `FlopCounterMode` counting
+    `MAEEncoder(config).forward_masked` (explicit attention, MLP width 4D)."""
+    name = "check_encoder_flops"
+    tiny = MAEConfig.from_preset("tiny")
+    small = MAEConfig(embed_dim=64, depth=3, num_heads=2, decoder_embed_dim=32, decoder_num_heads=2)
+    cases = [(tiny, 0.75), (tiny, 0.5), (small, 0.75), (small, 0.9), (tiny, 0.25)]
+    for config, ratio in cases:
+        with _private_rng():
+            expected = _counted_encoder_flops(MAEEncoder(config), ratio)
+        L, D, depth = config.num_patches, config.embed_dim, config.depth
+        keep = int(L * (1 - ratio))
+        case = (
+            f"a config with L = {L}, D = {D}, depth = {depth}, P*P*C = {config.patch_dim} "
+            f"and mask_ratio={ratio}"
+        )
+        got = _call(name, case, fn, config, ratio)
+        if isinstance(got, torch.Tensor):
+            got = got.item()
         if not isinstance(got, int | float) or isinstance(got, bool):
             raise _fail(name, case, f"return a number, got {type(got).__name__}")
         if got != expected:
-            mistakes = {
+
+            def blocks(n: int, depth: int = depth, D: int = D) -> int:
+                return depth * (24 * n * D * D + 4 * n * n * D)
+
+            embed = 2 * L * config.patch_dim * D
+            known = {
                 expected / 2: "count 2 FLOPs per multiply-add, as FlopCounterMode does",
-                24 * n * d * d: "the attention term (scores and weighted sum) is missing",
-                24 * n * d * d + 2 * n * n * d: "QK^T and the weighted sum of V each cost 2 N^2 D",
+                embed + blocks(L + 1): "the blocks run on the 1 + K visible tokens only",
+                embed + blocks(keep): "the cls token joins the K visible tokens: N = 1 + K",
+                blocks(keep + 1): "the patch embedding (a linear map of every patch) counts too",
+                2 * keep * config.patch_dim * D + blocks(keep + 1): (
+                    "the patch embedding runs on all L patches, before masking"
+                ),
             }
             raise _fail(
                 name,
                 case,
                 f"yours {got:,}, counted {expected:,}",
-                mistakes.get(got, "count the matrix products of qkv, attention, proj and the MLP"),
+                known.get(got, "count the patch embedding, then each block's products"),
             )
-    _passed(name, len(cases), "a single token and N > 6D, where attention dominates")
+    _passed(name, len(cases), "two model sizes and ratios from 25% to 90%")
 
 
 # ------------------------------------------------------------------------------ chapter 5: decoder

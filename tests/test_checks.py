@@ -24,16 +24,13 @@ from mae_tutorial.pretrain import lr_at, param_groups
 # ----------------------------------------------------------------- right answers, one per check
 
 
-def pixel_mask(mask: torch.Tensor, p: int) -> torch.Tensor:
-    grid = int(mask.shape[1] ** 0.5)
-    view = mask.view(-1, 1, grid, grid)
-    return view.repeat_interleave(p, dim=2).repeat_interleave(p, dim=3)
+def psnr(filled: torch.Tensor, images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    squared = ((filled - images) ** 2 * removed).sum((1, 2, 3))
+    return -10 * (squared / (removed.sum((1, 2, 3)) * images.shape[1])).log10()
 
 
-def mean_fill(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
-    visible = 1 - removed
-    mean = (images * visible).sum((2, 3), keepdim=True) / visible.sum((2, 3), keepdim=True)
-    return images * visible + mean * removed
+def patch_mask(removed: torch.Tensor, p: int) -> torch.Tensor:
+    return (patchify(removed, p).amax(-1) > 0).float()
 
 
 def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -47,8 +44,10 @@ def forward_masked(encoder: MAEEncoder, images: torch.Tensor, ratio: float, nois
     return encoder.forward_masked(images, ratio, noise)
 
 
-def block_flops(n: int, d: int) -> int:
-    return 24 * n * d * d + 4 * n * n * d
+def encoder_flops(config: MAEConfig, ratio: float) -> int:
+    n, d = 1 + int(config.num_patches * (1 - ratio)), config.embed_dim
+    embed = 2 * config.num_patches * config.patch_dim * d
+    return embed + config.depth * (24 * n * d * d + 4 * n * n * d)
 
 
 def fill_and_unshuffle(x: torch.Tensor, token: torch.Tensor, ids_restore: torch.Tensor):
@@ -71,8 +70,8 @@ def mask_token_fill(tokens, mask, token, pos):
 
 
 RIGHT: dict[str, Callable[..., Any]] = {
-    "check_pixel_mask": pixel_mask,
-    "check_mean_fill": mean_fill,
+    "check_psnr": psnr,
+    "check_patch_mask": patch_mask,
     "check_patchify": patchify,
     "check_unpatchify": unpatchify,
     "check_attention_weights": attention_weights,
@@ -82,7 +81,7 @@ RIGHT: dict[str, Callable[..., Any]] = {
         1, ids, torch.arange(ids.shape[1]).expand_as(ids)
     ),
     "check_forward_masked": forward_masked,
-    "check_block_flops": block_flops,
+    "check_encoder_flops": encoder_flops,
     "check_fill_and_unshuffle": fill_and_unshuffle,
     "check_paste_visible": paste,
     "check_normalize_patches": normalize_patches,
@@ -250,21 +249,17 @@ def _grid_unseeded(batch, grid, stride, generator):
 
 
 WRONG: list[tuple[str, Callable[..., Any], str]] = [
-    ("check_pixel_mask", lambda m, p: pixel_mask(m, p).transpose(2, 3), "rows and columns"),
     (
-        "check_pixel_mask",
-        lambda m, p: m.view(-1, 1, int(m.shape[1] ** 0.5), int(m.shape[1] ** 0.5)).repeat(
-            1, 1, p, p
-        ),
-        "repeat_interleave",
+        "check_psnr",
+        lambda f, x, r: -10 * ((f - x) ** 2).mean((1, 2, 3)).log10(),
+        "removed pixels only",
     ),
-    (
-        "check_mean_fill",
-        lambda x, r: x * (1 - r) + x.mean((2, 3), keepdim=True) * r,
-        "visible pixels only",
-    ),
-    ("check_mean_fill", lambda x, r: mean_fill(x, 1 - r), "opposite convention"),
-    ("check_mean_fill", lambda x, r: mean_fill(x, r).mean(1, keepdim=True).expand_as(x), "differ"),
+    ("check_psnr", lambda f, x, r: 2 * psnr(f, x, r), "20 log10"),
+    ("check_psnr", lambda f, x, r: psnr(f, x, r) - 10 * math.log10(x.shape[1]), "times C"),
+    ("check_psnr", lambda f, x, r: psnr(f, x, r).mean(), "one PSNR per image"),
+    ("check_patch_mask", lambda r, p: F.max_pool2d(r, p).transpose(2, 3).flatten(1), "row by row"),
+    ("check_patch_mask", lambda r, p: F.avg_pool2d(r, p).flatten(1), "ANY"),
+    ("check_patch_mask", lambda r, p: -F.max_pool2d(-r, p).flatten(1), "not only when all"),
     (
         "check_patchify",
         lambda x, p: rearrange(x, "b c (h p) (w q) -> b (h w) (c p q)", p=p, q=p),
@@ -316,11 +311,12 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     ("check_inverse_permutation", lambda ids: ids.gather(1, ids), "scatter"),
     ("check_forward_masked", _encoder_all_patches, "all L patches"),
     ("check_forward_masked", _encoder_no_positions, "positions before masking"),
-    ("check_block_flops", lambda n, d: 24 * n * d * d, "attention term"),
+    ("check_encoder_flops", lambda c, r: encoder_flops(c, 0.0), "1 + K visible tokens only"),
+    ("check_encoder_flops", lambda c, r: encoder_flops(c, r) // 2, "2 FLOPs per multiply-add"),
     (
-        "check_block_flops",
-        lambda n, d: (24 * n * d * d + 4 * n * n * d) // 2,
-        "2 FLOPs per multiply-add",
+        "check_encoder_flops",
+        lambda c, r: encoder_flops(c, r) - 2 * c.num_patches * c.patch_dim * c.embed_dim,
+        "patch embedding",
     ),
     ("check_fill_and_unshuffle", _unshuffle_with_shuffle, "gather with ids_restore"),
     ("check_fill_and_unshuffle", _unshuffle_no_cls, "cls token is missing"),
@@ -420,7 +416,7 @@ def test_mask_token_fill_reference_is_the_encoders(tiny: MAEConfig) -> None:
         torch.testing.assert_close(encoder.run_blocks(filled), latent)
 
 
-def test_mean_fill_reference_is_the_chapters() -> None:
-    images = torch.rand(2, 3, 8, 8)
+def test_psnr_reference_is_the_chapters() -> None:
+    images, filled = torch.rand(2, 2, 3, 8, 8)
     removed = (torch.rand(2, 1, 8, 8) < 0.5).float()
-    torch.testing.assert_close(checks._mean_fill(images, removed), mean_fill(images, removed))
+    torch.testing.assert_close(checks._psnr(filled, images, removed), psnr(filled, images, removed))
