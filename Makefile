@@ -31,7 +31,7 @@ NICE ?= nice -n 10
 JB := $(VENV)/bin/jupyter-book
 CHAPTERS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help venv test lint format book execute export notebooks figures demo clean
+.PHONY: help venv test lint format book execute export notebooks figures demo student clean
 
 help: ## list the targets (the default)
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) \
@@ -84,6 +84,12 @@ export: $(STAMP) ## write the modules the chapters teach from their `#| export` 
 
 figures: $(STAMP) ## redraw the figures of the book's prose pages (book/images)
 	$(NICE) $(PY) book/make_figures.py
+
+# Student copies stub out every solution region and clear the outputs; instructor copies are the
+# chapters as committed. See book/instructors.md.
+CLASSROOM ?= _build/classroom
+student: $(STAMP) ## write student and instructor copies of the chapters into _build/classroom
+	$(PY) -m mae_tutorial.classroom $(CHAPTERS) --out $(CLASSROOM)
 
 demo: $(STAMP) ## pretrain a tiny MAE for one epoch on 2000 images, then draw reconstructions
 	$(PY) -m mae_tutorial pretrain --preset tiny --epochs 1 --subset 2000 --out $(DEMO_OUT) --overwrite
