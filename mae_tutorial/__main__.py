@@ -301,8 +301,12 @@ def _run_finetune(args: argparse.Namespace) -> int:
         device=_eval_device(args.device), seed=args.seed,
         amp={"auto": "auto", "bf16": True, "off": False}[args.amp],
     )  # fmt: skip
-    result.pop("history", None)  # per-epoch curves: too long for one line
-    _summary({**result, "checkpoint": args.checkpoint})
+    history = result.pop("history", [])  # per-epoch records: only the test top-1 is kept
+    _summary({
+        **result, "checkpoint": args.checkpoint, "from_scratch": args.from_scratch,
+        "blocks": args.blocks, "epochs": args.epochs, "subset": args.subset,
+        "test_top1_per_epoch": [round(row["test_top1"], 2) for row in history],
+    })  # fmt: skip
     return 0
 
 
