@@ -3,7 +3,8 @@
     python book/make_figures.py          (or `make figures`)
 
 writes book/images/intro_masking.png: four CIFAR-10 test images, each cut into 4x4 patches, with
-75% of the patches removed as an MAE removes them, and the 16 patches the encoder sees; and the
+75% of the patches removed as an MAE removes them, the 16 patches the encoder sees, and what the
+shipped reference model (`pretrained("cifar10-cpu")`, chapter 7) paints into the holes; and the
 site's icon, book/images/favicon.png: the first of those images, masked. It reads
 CIFAR-10 through `mae_tutorial.data.load_cifar10` (set `MAE_TUTORIAL_DATA`); the images drawn are
 test images 0-3, which the project's offline copy holds bit-exact.
@@ -17,9 +18,11 @@ import torch
 from matplotlib.figure import Figure
 
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import load_cifar10
+from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.masking import random_masking
 from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.pretrained import pretrained
+from mae_tutorial.viz import reconstruct_images
 
 IMAGES = Path(__file__).parent / "images"
 GREY = 0.5  # display value of a removed patch
@@ -36,7 +39,8 @@ def intro_masking(path: Path, num_images: int = 4, seed: int = 0) -> None:
     """The landing page's figure: image, patches, 75% removed, the encoder's input."""
     config = MAEConfig()  # the package defaults: 32x32 images, 4x4 patches, 75% masked
     p, size = config.patch_size, config.image_size
-    images = load_cifar10().test_images[:num_images].float() / 255  # (N, C, H, W) in [0, 1]
+    test = load_cifar10().test_images[:num_images]  # (N, C, H, W) uint8
+    images = test.float() / 255  # (N, C, H, W) in [0, 1]
     patches = patchify(images, p)  # (N, L, P*P*C)
     noise = torch.rand(
         num_images, config.num_patches, generator=torch.Generator().manual_seed(seed)
@@ -46,17 +50,20 @@ def intro_masking(path: Path, num_images: int = 4, seed: int = 0) -> None:
     masked = images * (1 - removed) + GREY * removed
     side = int(config.num_visible**0.5)  # the K visible patches drawn as a side x side square
     encoder_input = unpatchify(visible, p, side * p)  # (N, C, side*P, side*P)
+    reference = pretrained("cifar10-cpu")
+    filled = reconstruct_images(reference, normalize(test), noise, stats="visible")["pasted"]
 
     titles = (
         "CIFAR-10 image\n32 x 32 pixels",
         f"{config.num_patches} patches\nof {p} x {p} pixels",
         f"{config.mask_ratio:.0%} of patches\nremoved at random",
         f"the encoder sees only\nthe {config.num_visible} visible patches",
+        "the reference MAE\nfills the holes",
     )
-    fig = Figure(figsize=(8, 2.1 * num_images), dpi=100, layout="constrained")
+    fig = Figure(figsize=(10, 2.1 * num_images), dpi=100, layout="constrained")
     axes = fig.subplots(num_images, len(titles))
     for row in range(num_images):
-        pictures = (images[row], images[row], masked[row], encoder_input[row])
+        pictures = (images[row], images[row], masked[row], encoder_input[row], filled[row])
         for col, picture in enumerate(pictures):
             ax = axes[row, col]
             ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy())
