@@ -298,7 +298,14 @@ def test_nbgrader_generates_a_student_version(tmp_path: Path, copies: Path) -> N
     shutil.copy(copies / "instructor" / chapter.name, source_dir / chapter.name)
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter"), "HOME": str(tmp_path)}
     result = subprocess.run(
-        [str(nbgrader), "generate_assignment", "loss", "--force", "--CourseDirectory.root=."],
+        [
+            str(nbgrader),
+            "generate_assignment",
+            "loss",
+            "--force",
+            "--no-db",
+            "--CourseDirectory.root=.",
+        ],
         cwd=tmp_path,
         env=env,
         capture_output=True,
