@@ -7,6 +7,7 @@ Each script runs in a subprocess, as a user runs it, on one thread and on synthe
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import os
 import subprocess
@@ -72,3 +73,17 @@ def test_gpu_smoke_says_unknown_without_a_peak() -> None:
     summary = run_benchmark("gpu.py", "--smoke", "--device", "cpu")
     assert summary["mfu"] == "unknown"
     positive_float(summary["images_per_s"])
+
+
+@pytest.mark.slow
+def test_scaling_quick(tmp_path: Path) -> None:
+    out = tmp_path / "scaling.json"
+    summary = run_benchmark("scaling.py", "--quick", "--out", str(out))
+    positive_float(summary["encoder_cost_mask25_vs_mask75"])
+    positive_float(summary["step_cost_patch2_vs_patch4"])
+    record = json.loads(out.read_text())
+    assert record["threads"] == 1 and record["command"].startswith("python benchmarks/scaling.py")
+    assert {row["point"] for row in record["rows"]} >= {"base", "image_size=64", "mask_ratio=0.9"}
+    for row in record["rows"]:
+        positive_float(str(row["step_ms"]))
+        positive_float(str(row["step_gflop_per_image"]))
