@@ -145,7 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         record = run_one(name, cmd, args.data_dir)
         with lock:  # one writer at a time; the file always holds every finished entry
             results[name] = record
-            save_json(args.out, dict(sorted(results.items())))
+            # Re-read first: another run of this script may have recorded entries meanwhile.
+            current = json.loads(args.out.read_text()) if args.out.is_file() else {}
+            save_json(args.out, dict(sorted({**current, name: record}.items())))
         print(
             f"{name}: {json.dumps(record['result'])[:200]} ({record['seconds']:.0f} s)", flush=True
         )
