@@ -22,12 +22,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10, DeviceLoader, normalize, random_crop_flip
 from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
 from mae_tutorial.pretrain import lr_at, resolve_device
+from mae_tutorial.progress import tqdm
 
 # Base lr of the linear probe's SGD, lr = PROBE_BASE_LR * batch / 256. The paper's 0.1 is for LARS;
 # for plain SGD on cached features 0.25 came within 0.5 point of the full-batch L-BFGS optimum in

@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from mae_tutorial.checkpoint import (
     LATEST_NAME,
@@ -54,6 +53,7 @@ from mae_tutorial.distributed import (
 )
 from mae_tutorial.masking import block_noise, grid_noise
 from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.progress import tqdm
 
 HISTORY_NAME = "history.json"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
