@@ -164,6 +164,44 @@ def extract_features(
 
 
 @torch.no_grad()
+def extract_block_features(
+    model: MaskedAutoencoder | ViTClassifier | MAEEncoder,
+    images: torch.Tensor,
+    batch_size: int = 512,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """The pooled feature after every encoder block: where in the encoder the features live.
+
+    Entry k pools the tokens after block k+1 as `config.pool` says (mean of the patch tokens,
+    or the cls token); the last entry also passes the final LayerNorm, so it equals
+    `extract_features`. Eval mode, no gradients, no augmentation.
+
+    Shapes:
+        images: (N, C, H, W) uint8 -> (depth, N, D) float32.
+    """
+    _check_images(images)
+    _check_number("batch_size", batch_size, 1, integer=True)
+    encoder = getattr(model, "encoder", model)
+    if not isinstance(encoder, MAEEncoder):
+        raise TypeError(f"expected an MAE, a ViTClassifier or an MAEEncoder, got {type(model)}")
+    device = _device(device)
+    mean_pool = encoder.config.pool == "mean"
+    batches = []
+    with _eval_mode(_on_device(encoder, device)) as encoder:
+        for start in tqdm(range(0, len(images), batch_size), desc="features", leave=False):
+            x = encoder.embed(normalize(images[start : start + batch_size].to(device)))  # (b, L, D)
+            cls = (encoder.cls_token + encoder.pos_embed[:, :1]).expand(len(x), -1, -1)  # (b, 1, D)
+            x = torch.cat([cls, x], dim=1)  # (b, 1 + L, D)
+            pooled = []
+            for number, block in enumerate(encoder.blocks, start=1):
+                x = block(x)  # (b, 1 + L, D)
+                out = encoder.norm(x) if number == len(encoder.blocks) else x
+                pooled.append(out[:, 1:].mean(dim=1) if mean_pool else out[:, 0])  # (b, D)
+            batches.append(torch.stack(pooled).float())  # (depth, b, D)
+    return torch.cat(batches, dim=1)  # (depth, N, D)
+
+
+@torch.no_grad()
 def evaluate_classifier(
     model: nn.Module,
     images: torch.Tensor,

@@ -323,3 +323,18 @@ def test_finetune_rejects_bad_values(mae: MaskedAutoencoder, data: CIFAR10) -> N
         finetune(mae, config, data, amp="yes", **FT)
     with pytest.raises(ValueError, match=r"embed_dim=64 vs 32"):
         finetune(mae, dataclasses.replace(config, embed_dim=64), data, **FT)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_block_features_end_with_the_encoders_features(pool: str) -> None:
+    from mae_tutorial.evaluate import extract_block_features
+
+    config = MAEConfig.from_preset("tiny", pool=pool, depth=3)
+    model = MaskedAutoencoder(config)
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    blocks = extract_block_features(model, images, batch_size=2, device="cpu")
+    assert blocks.shape == (3, 5, config.embed_dim)
+    torch.testing.assert_close(blocks[-1], extract_features(model, images, device="cpu"))
+    assert not torch.allclose(blocks[0], blocks[1])  # each block changes the tokens
+    with pytest.raises(TypeError, match="expected an MAE"):
+        extract_block_features(torch.nn.Linear(2, 2), images)
