@@ -86,7 +86,8 @@ def pending(
     return {
         name: cmd
         for name, cmd in table.items()
-        if name not in results or shlex.join(cmd) not in results[name]["command"]
+        if name not in results
+        or not results[name]["command"].split(" --data-dir")[0].endswith(shlex.join(cmd))
     }
 
 

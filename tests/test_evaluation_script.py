@@ -52,3 +52,12 @@ def test_evaluation_script_records_commands_and_resumes(
     with pytest.raises(SystemExit):
         script.main([*argv, "--only", "nope"])
     assert "unknown entries ['nope']" in capsys.readouterr().err
+
+
+def test_a_quick_record_does_not_count_as_the_full_command() -> None:
+    script = load_script()
+    table = script.runs("ref.pt")
+    quick = "OMP_NUM_THREADS=1 python -m mae_tutorial " + " ".join(script._quick(table["linprobe"]))
+    assert "linprobe" in script.pending(table, {"linprobe": {"command": quick}}, None)
+    full = "OMP_NUM_THREADS=1 python -m mae_tutorial linprobe --checkpoint ref.pt --data-dir d"
+    assert "linprobe" not in script.pending(table, {"linprobe": {"command": full}}, None)
