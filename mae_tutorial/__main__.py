@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 import torch
 
-from mae_tutorial.checkpoint import latest_checkpoint, load_model
+from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from mae_tutorial.config import PRESETS, MAEConfig
 from mae_tutorial.data import CIFAR10, load_cifar10
 from mae_tutorial.distributed import env_rank
@@ -183,6 +183,12 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     callback = _debug_hooks(model, args)
     out = Path(args.out)
     previous = latest_checkpoint(out) if args.resume else None
+    if args.init_from is not None and previous is None:
+        # A second cycle of the schedule from a finished run's weights; the optimiser, the
+        # schedule and the step count start afresh (a resumed run restores them instead).
+        state = load_checkpoint(args.init_from, expected_config=config)
+        model.load_state_dict(state["model"])
+        _say(f"starting from the weights of {args.init_from} (epoch {state.get('epoch', '?')})")
     n_images = settings.subset or len(data.train_images)
     n_params = sum(p.numel() for p in model.parameters())
     _say(
@@ -454,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--overwrite", action="store_true",
         help="start afresh, deleting the checkpoints and history already in --out",
+    )  # fmt: skip
+    p.add_argument(
+        "--init-from", metavar="CKPT",
+        help="start from this checkpoint's weights (same model config) with a fresh optimiser and "
+        "schedule: a second cycle of training; ignored when --resume finds a checkpoint",
     )  # fmt: skip
     p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=_nonneg_int, default=0, help="seed of init, data and masks")

@@ -211,6 +211,16 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ma
             the model its config describes.
     """
     state = load_checkpoint(path, map_location=map_location)
+    return model_from_state(state, path).to(map_location)
+
+
+def model_from_state(state: dict[str, Any], path: str | Path = "checkpoint") -> MaskedAutoencoder:
+    """The `MaskedAutoencoder` a loaded checkpoint describes, with its weights, in eval mode.
+
+    Raises:
+        ValueError: its config is invalid or its weights do not fit that config (the message
+            names `path`).
+    """
     try:
         config = MAEConfig.from_dict(state["config"])
     except (TypeError, ValueError) as err:
@@ -224,4 +234,4 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> Ma
             f"{path}: the stored weights do not fit the stored config: "
             + " ".join(line.strip() for line in first[:3])
         ) from None
-    return model.to(map_location).eval()
+    return model.eval()

@@ -20,7 +20,8 @@ from mae_tutorial.checkpoint import load_checkpoint
 SUBCOMMANDS = {
     "pretrain": ["--preset", "--data-dir", "--subset", "--epochs", "--batch-size", "--base-lr",
                  "--warmup-epochs", "--mask-ratio", "--norm-pix", "--no-norm-pix", "--out",
-                 "--resume", "--device", "--seed", "--amp", "--compile", "--checkpoint-every"],
+                 "--resume", "--init-from", "--device", "--seed", "--amp", "--compile",
+                 "--checkpoint-every"],
     "linprobe": ["--checkpoint", "--data-dir", "--subset", "--device", "--epochs", "--batch-size"],
     "knn": ["--checkpoint", "--data-dir", "--subset", "--device", "--k", "--temperature"],
     "finetune": ["--checkpoint", "--data-dir", "--subset", "--device", "--epochs", "--blocks",
@@ -161,6 +162,32 @@ def test_random_init_scores_fresh_weights_of_the_checkpoints_config(tmp_path: Pa
         assert torch.equal(value, reference), name
     assert not torch.equal(fresh.encoder.blocks[0].mlp.fc1.weight,
                            trained.encoder.blocks[0].mlp.fc1.weight)  # fmt: skip
+
+
+def test_init_from_starts_a_second_cycle_from_a_runs_weights(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "1"]
+    assert main([*base, "--out", str(tmp_path / "first")]) == 0
+    first = load_checkpoint(tmp_path / "first" / "checkpoint.pt")
+    # An lr of 1e-12 barely moves the weights: the second cycle must end where the first did.
+    again = [*base, "--base-lr", "1e-12", "--weight-decay", "0", "--seed", "1"]
+    init = ["--init-from", str(tmp_path / "first" / "checkpoint.pt")]
+    assert main([*again, "--out", str(tmp_path / "second"), *init]) == 0
+    assert "starting from the weights of" in capsys.readouterr().out
+    second = load_checkpoint(tmp_path / "second" / "checkpoint.pt")
+    assert second["step"] == first["step"] and len(second["history"]) == 1  # a fresh schedule
+    for name, value in first["model"].items():
+        torch.testing.assert_close(second["model"][name], value, atol=1e-8, rtol=0)
+    assert main([*again, "--out", str(tmp_path / "fresh")]) == 0  # the same, without --init-from
+    fresh = load_checkpoint(tmp_path / "fresh" / "checkpoint.pt")["model"]
+    assert not torch.allclose(fresh["encoder.blocks.0.attn.qkv.weight"],
+                              first["model"]["encoder.blocks.0.attn.qkv.weight"])  # fmt: skip
+
+    capsys.readouterr()
+    assert main([*again, "--mask-ratio", "0.5", "--out", str(tmp_path / "x"), *init]) == 2
+    err = capsys.readouterr().err
+    assert "mask_ratio: checkpoint 0.75, expected 0.5" in err and "Traceback" not in err
 
 
 def test_nan_loss_exits_1_with_the_step_and_keeps_the_checkpoint(
