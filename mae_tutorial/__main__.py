@@ -267,7 +267,7 @@ def _run_linprobe(args: argparse.Namespace) -> int:
     data = _load_data(args)
     result = linear_probe(
         model, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        device=_eval_device(args.device), seed=args.seed,
+        device=_eval_device(args.device), seed=args.seed, last_blocks=args.last_blocks,
     )  # fmt: skip
     _summary({**result, "checkpoint": args.checkpoint, "random_init": args.random_init})
     return 0
@@ -489,7 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Train a linear classifier on the frozen encoder's features (extracted once) and report\n"
         "its top-1/top-5 accuracy (%) on the test images.",
         f"  {PROG} linprobe --checkpoint runs/demo/checkpoint.pt\n"
-        f"  {PROG} linprobe --checkpoint runs/demo/checkpoint.pt --subset 10000 --epochs 30",
+        f"  {PROG} linprobe --checkpoint runs/demo/checkpoint.pt --subset 10000 --epochs 30\n"
+        f"  {PROG} linprobe --checkpoint runs/demo/checkpoint.pt --last-blocks 4",
     )  # fmt: skip
     _add_eval_options(p)
     p.add_argument("--epochs", type=_positive_int, default=90, help="epochs of the head")
@@ -497,6 +498,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr", type=_positive_float, default=None,
         help=f"peak lr of the head; default: {PROBE_BASE_LR} * batch_size / 256",
+    )  # fmt: skip
+    p.add_argument(
+        "--last-blocks", type=_positive_int, default=1, metavar="K",
+        help="probe the pooled features of the last K blocks, concatenated (DINO uses 4); "
+        "default 1: the encoder's output, as the paper",
     )  # fmt: skip
     _add_random_init(p)
     p.set_defaults(run=_run_linprobe)

@@ -314,11 +314,15 @@ def linear_probe(
     weight_decay: float = 0.0,
     device: torch.device | str | None = None,
     seed: int = 0,
+    last_blocks: int = 1,
 ) -> dict[str, float | int]:
     """The paper's linear probe, adapted: a linear classifier on the frozen encoder's features.
 
     Features are extracted once (no augmentation, unlike the paper's weak crops), then the head of
     `make_probe_head` is trained on them by `fit_linear_probe`: seconds even on a CPU.
+    With `last_blocks=K > 1` the feature is the concatenation of the pooled tokens after each of
+    the last K blocks (`extract_block_features`), as DINO's linear evaluation of small ViTs does
+    (Caron et al. 2021, K = 4): still one linear layer, on K times wider features.
 
     Args:
         model: the encoder to probe (an MAE, a classifier or a bare encoder); left unchanged.
@@ -329,17 +333,32 @@ def linear_probe(
         weight_decay: 0 as in the paper (and MoCo).
         device: where to compute; the best one here by default.
         seed: seed of the head's init and of the batch order.
+        last_blocks: how many of the last blocks' pooled features are concatenated (1: the
+            encoder's output only, the paper's probe).
 
     Returns:
-        {"linprobe_top1", "linprobe_top5", "train_top1" (%), "feature_dim" (D), "epochs",
-        "lr" (the peak lr used), "seconds" (wall time including extraction)}.
+        {"linprobe_top1", "linprobe_top5", "train_top1" (%), "feature_dim" (D, or K * D),
+        "last_blocks", "epochs", "lr" (the peak lr used), "seconds" (wall time including
+        extraction)}.
     """
     start = time.perf_counter()
     _check_images(data.train_images, data.train_labels)
     _check_images(data.test_images, data.test_labels)
     _check_number("batch_size", batch_size, 1, integer=True)
-    train = extract_features(model, data.train_images, device=device)  # (N, D)
-    test = extract_features(model, data.test_images, device=device)  # (M, D)
+    _check_number("last_blocks", last_blocks, 1, integer=True)
+    depth = getattr(model, "encoder", model).config.depth
+    if last_blocks > depth:
+        raise ValueError(f"last_blocks={last_blocks} exceeds the encoder's {depth} blocks")
+    if last_blocks == 1:
+        train = extract_features(model, data.train_images, device=device)  # (N, D)
+        test = extract_features(model, data.test_images, device=device)  # (M, D)
+    else:
+        train, test = (
+            extract_block_features(model, images, device=device)[-last_blocks:]  # (K, N, D)
+            .permute(1, 0, 2)
+            .flatten(1)  # (N, K * D)
+            for images in (data.train_images, data.test_images)
+        )
     lr = PROBE_BASE_LR * min(batch_size, len(train)) / 256 if lr is None else lr
     head = fit_linear_probe(
         train, data.train_labels, len(data.classes), epochs=epochs, batch_size=batch_size,
@@ -353,6 +372,7 @@ def linear_probe(
         "linprobe_top5": test_acc[5],
         "train_top1": train_acc[1],
         "feature_dim": train.shape[1],
+        "last_blocks": last_blocks,
         "epochs": epochs,
         "lr": lr,
         "seconds": time.perf_counter() - start,

@@ -134,12 +134,32 @@ def test_linear_probe_on_synthetic_data_beats_chance(mae: MaskedAutoencoder, dat
     before = snapshot(mae)
     result = linear_probe(mae, data, epochs=30, batch_size=50, device="cpu")
     assert set(result) == {
-        "linprobe_top1", "linprobe_top5", "train_top1", "feature_dim", "epochs", "lr", "seconds",
+        "linprobe_top1", "linprobe_top5", "train_top1", "feature_dim", "last_blocks", "epochs",
+        "lr", "seconds",
     }  # fmt: skip
     assert result["feature_dim"] == mae.config.embed_dim and result["epochs"] == 30
     assert result["linprobe_top1"] > 40  # chance is 10
     assert result["linprobe_top5"] >= result["linprobe_top1"]
     assert same(before, snapshot(mae))
+
+
+def test_linear_probe_of_the_last_blocks_concatenates_their_features(
+    mae: MaskedAutoencoder, data: CIFAR10
+) -> None:
+    from mae_tutorial.evaluate import extract_block_features
+
+    result = linear_probe(mae, data, epochs=3, batch_size=50, device="cpu", last_blocks=2)
+    assert result["feature_dim"] == 2 * mae.config.embed_dim and result["last_blocks"] == 2
+    train, test = (
+        extract_block_features(mae, images, device="cpu")[-2:].permute(1, 0, 2).flatten(1)
+        for images in (data.train_images, data.test_images)
+    )  # (N, 2 * D): the same probe by hand
+    head = fit_linear_probe(train, data.train_labels, 10, epochs=3, batch_size=50, seed=0)
+    with torch.no_grad():
+        expected = topk_accuracy(head(test), data.test_labels)[1]
+    assert result["linprobe_top1"] == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="last_blocks=9 exceeds the encoder's 2 blocks"):
+        linear_probe(mae, data, last_blocks=9)
 
 
 def test_linear_probe_rejects_bad_values(mae: MaskedAutoencoder, data: CIFAR10) -> None:
