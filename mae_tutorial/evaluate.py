@@ -346,13 +346,15 @@ def linear_probe(
     _check_images(data.test_images, data.test_labels)
     _check_number("batch_size", batch_size, 1, integer=True)
     _check_number("last_blocks", last_blocks, 1, integer=True)
-    depth = getattr(model, "encoder", model).config.depth
-    if last_blocks > depth:
-        raise ValueError(f"last_blocks={last_blocks} exceeds the encoder's {depth} blocks")
     if last_blocks == 1:
         train = extract_features(model, data.train_images, device=device)  # (N, D)
         test = extract_features(model, data.test_images, device=device)  # (M, D)
     else:
+        encoder = getattr(model, "encoder", model)  # any other kind: extract_block_features says
+        if isinstance(encoder, MAEEncoder) and last_blocks > len(encoder.blocks):
+            raise ValueError(
+                f"last_blocks={last_blocks} exceeds the encoder's {len(encoder.blocks)} blocks"
+            )
         train, test = (
             extract_block_features(model, images, device=device)[-last_blocks:]  # (K, N, D)
             .permute(1, 0, 2)

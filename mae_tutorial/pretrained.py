@@ -29,8 +29,7 @@ from mae_tutorial.model import MaskedAutoencoder
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SNAPSHOT_IMAGES = 8  # test images whose reconstructions are stored per snapshot: one per class
-# What a reader needs of a checkpoint.
-_KEPT = ("config", "settings", "history", "step", "epoch", "cycles")
+_KEPT = ("config", "settings", "history", "step", "epoch")  # what a reader needs of a checkpoint
 
 
 def available() -> list[str]:
@@ -67,7 +66,6 @@ def pack(
     command: str | None = None,
     results: dict[str, Any] | None = None,
     snapshots: dict[str, Any] | None = None,
-    previous: str | Path | None = None,
 ) -> Path:
     """Write a shipped-model file from a pretraining checkpoint.
 
@@ -80,16 +78,11 @@ def pack(
         snapshots: predictions of earlier checkpoints of the same run on a few test images
             (`snapshot_predictions`), so a reader can watch training progress without the
             checkpoints themselves.
-        previous: the checkpoint this run started from (`pretrain --init-from`), for a model
-            trained in two cycles. Its history comes first in the stored one, the run's epochs
-            are counted on from its last, and `cycles` records each cycle's settings.
 
     Returns:
         `out`.
     """
     state = load_checkpoint(checkpoint)
-    if previous is not None:
-        state = dict(state, **_join_cycles(load_checkpoint(previous, state["config"]), state))
     model = {
         key: value.half() if value.is_floating_point() and not key.endswith("pos_embed") else value
         for key, value in state["model"].items()
@@ -101,26 +94,8 @@ def pack(
     return save_checkpoint(out, packed)
 
 
-def _join_cycles(first: dict[str, Any], second: dict[str, Any]) -> dict[str, Any]:
-    """History, epoch and `cycles` of a run that continued `first`'s weights (`--init-from`)."""
-    done = len(first.get("history", []))
-    later = [dict(entry, epoch=entry["epoch"] + done) for entry in second.get("history", [])]
-    cycles = [
-        {"epochs": done, "settings": first.get("settings", {})},
-        {"epochs": len(later), "settings": second.get("settings", {})},
-    ]
-    return {
-        "history": [*first.get("history", []), *later],
-        "epoch": done + int(second.get("epoch", len(later))),
-        "cycles": cycles,
-    }
-
-
 def snapshot_predictions(
-    checkpoints: list[str | Path],
-    images: torch.Tensor,
-    noise: torch.Tensor,
-    epoch_offsets: list[int] | None = None,
+    checkpoints: list[str | Path], images: torch.Tensor, noise: torch.Tensor
 ) -> dict[str, Any]:
     """What each checkpoint of a run predicts for the same images under the same mask.
 
@@ -128,8 +103,6 @@ def snapshot_predictions(
         checkpoints: pretraining checkpoints of one run (they must share a config).
         images: normalised images (`mae_tutorial.data.normalize`).
         noise: masking noise, fixed across checkpoints so only the model changes.
-        epoch_offsets: added to each checkpoint's epoch (for the second cycle of a two-cycle
-            run, the first cycle's epochs); zeros by default.
 
     Returns:
         {"epochs": [int, ...], "pred": fp16 tensor (S, B, L, P*P*C), "mask": (B, L) with
@@ -138,21 +111,16 @@ def snapshot_predictions(
     Shapes:
         images: (B, C, H, W), noise: (B, L).
     """
-    offsets = [0] * len(checkpoints) if epoch_offsets is None else list(epoch_offsets)
-    if len(offsets) != len(checkpoints):
-        raise ValueError(
-            f"expected one epoch offset per checkpoint ({len(checkpoints)}), got {len(offsets)}"
-        )
     epochs, preds, mask, config = [], [], None, None
-    for path, offset in zip(checkpoints, offsets, strict=True):
+    for path in checkpoints:
         state = load_checkpoint(path)
-        model = model_from_state(state, path)
+        model = model_from_state(state, path)  # one read per checkpoint
         if config is not None and model.config != config:
             raise ValueError(f"{path} has another config than {checkpoints[0]}; expected one run")
         config = model.config
         with torch.no_grad():
             out = model(images, noise=noise)
-        epochs.append(int(state.get("epoch", 0)) + offset)
+        epochs.append(int(state.get("epoch", 0)))
         preds.append(out.pred.half())  # (B, L, P*P*C)
         mask = out.mask
     if not preds:
@@ -179,11 +147,6 @@ def main(argv: list[str] | None = None) -> int:
         "are stored (needs the CIFAR-10 test set, see --data-dir)",
     )  # fmt: skip
     parser.add_argument(
-        "--previous", default=None, metavar="CKPT",
-        help="the checkpoint this run started from (pretrain --init-from): its history is "
-        "prepended, and snapshots of this run count their epochs on from its last",
-    )  # fmt: skip
-    parser.add_argument(
         "--data-dir", default=None, metavar="DIR",
         help="folder holding cifar-10-batches-py (default: $MAE_TUTORIAL_DATA, else the cache)",
     )  # fmt: skip
@@ -197,14 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         config = load_model(args.checkpoint).config
         generator = torch.Generator().manual_seed(0)
         noise = torch.rand(len(indices), config.num_patches, generator=generator)  # (B, L)
-        paths = [*args.snapshots, args.checkpoint]
-        offsets = [0] * len(paths)
-        if args.previous is not None:
-            # Checkpoints of this (second) cycle share its settings; count on from the first.
-            done = len(load_checkpoint(args.previous).get("history", []))
-            settings = load_checkpoint(args.checkpoint).get("settings")
-            offsets = [done * (load_checkpoint(p).get("settings") == settings) for p in paths]
-        snapshots = snapshot_predictions(paths, images, noise, offsets)
+        snapshots = snapshot_predictions([*args.snapshots, args.checkpoint], images, noise)
         snapshots["test_indices"] = indices
     results: dict[str, Any] = {}
     for file in args.results:
@@ -220,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             name += f"_blocks{summary['blocks']}"
         results[name + ("_from_scratch" if summary.get("from_scratch") else "")] = summary
     out = pack(args.checkpoint, PRETRAINED_DIR / f"{args.name}.pt", command=args.command,
-               results=results, snapshots=snapshots, previous=args.previous)  # fmt: skip
+               results=results, snapshots=snapshots)  # fmt: skip
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
 

@@ -124,33 +124,3 @@ def test_snapshots_refuse_checkpoints_of_different_runs(checkpoint, tmp_path: Pa
         shipped.snapshot_predictions(
             [path, other_path], torch.randn(1, 3, 32, 32), torch.rand(1, 16)
         )
-
-
-def test_a_second_cycle_is_packed_after_the_first(checkpoint, synthetic_root, tmp_path) -> None:
-    path, model = checkpoint  # the first cycle: one epoch
-    state = load_checkpoint(path)
-    later = MaskedAutoencoder(model.config)
-    second = dict(state, model=later.state_dict(), epoch=2, settings={"seed": 1},
-                  history=[{"epoch": 1, "loss": 0.5}, {"epoch": 2, "loss": 0.4}])  # fmt: skip
-    mid = save_checkpoint(tmp_path / "mid.pt", dict(second, epoch=1, history=second["history"][:1]))
-    final = save_checkpoint(tmp_path / "final.pt", second)
-    out = shipped.pack(final, tmp_path / "ref.pt", previous=path)
-    packed = load_checkpoint(out)
-    assert [h["epoch"] for h in packed["history"]] == [1, 2, 3]
-    assert [h["loss"] for h in packed["history"]] == [0.9, 0.5, 0.4]
-    assert packed["epoch"] == 3 and [c["epochs"] for c in packed["cycles"]] == [1, 2]
-    assert packed["cycles"][1]["settings"] == {"seed": 1}
-
-    argv = [str(final), "toy", "--previous", str(path), "--snapshots", str(path), str(mid),
-            "--data-dir", str(synthetic_root)]  # fmt: skip
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(shipped, "PRETRAINED_DIR", tmp_path / "shipped")
-        assert shipped.main(argv) == 0
-        # The first cycle's checkpoint keeps its epoch; this cycle's count on from it.
-        assert shipped.pretrained_info("toy")["snapshots"]["epochs"] == [0, 2, 3]
-
-
-def test_snapshot_offsets_must_match_the_checkpoints(checkpoint) -> None:
-    path, _ = checkpoint
-    with pytest.raises(ValueError, match="one epoch offset per checkpoint"):
-        shipped.snapshot_predictions([path], torch.randn(1, 3, 32, 32), torch.rand(1, 16), [0, 1])
