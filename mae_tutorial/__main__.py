@@ -160,7 +160,14 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         overrides["mask_ratio"] = args.mask_ratio
     if args.norm_pix is not None:
         overrides["norm_pix_loss"] = args.norm_pix
-    config = MAEConfig.from_preset(args.preset, **overrides)
+    if args.decoder_depth is not None:
+        overrides["decoder_depth"] = args.decoder_depth
+    if args.decoder_dim is not None:
+        overrides["decoder_embed_dim"] = args.decoder_dim
+    try:
+        config = MAEConfig.from_preset(args.preset, **overrides)
+    except ValueError as err:
+        raise _UsageError(f"{PROG} pretrain: error: {err}") from None
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -447,6 +454,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--norm-pix", action=argparse.BooleanOptionalAction, default=None,
         help="regress per-patch normalised pixels; default: the preset's (on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--decoder-depth", type=_positive_int, default=None,
+        help="decoder blocks; default: the preset's (the paper's Table 1a varies it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--decoder-dim", type=_positive_int, default=None,
+        help="decoder width, a multiple of the preset's decoder heads; default: the preset's",
     )  # fmt: skip
     p.add_argument(
         "--masking", default=_DEFAULTS.masking, choices=MASKING_KINDS,

@@ -19,7 +19,8 @@ from mae_tutorial.checkpoint import load_checkpoint
 
 SUBCOMMANDS = {
     "pretrain": ["--preset", "--data-dir", "--subset", "--epochs", "--batch-size", "--base-lr",
-                 "--warmup-epochs", "--mask-ratio", "--norm-pix", "--no-norm-pix", "--out",
+                 "--warmup-epochs", "--mask-ratio", "--norm-pix", "--no-norm-pix", "--decoder-depth",
+                 "--decoder-dim", "--out",
                  "--resume", "--init-from", "--device", "--seed", "--amp", "--compile",
                  "--checkpoint-every"],
     "linprobe": ["--checkpoint", "--data-dir", "--subset", "--device", "--epochs", "--batch-size"],
@@ -79,6 +80,8 @@ def test_top_level_help_lists_the_subcommands(capsys: pytest.CaptureFixture) -> 
         (["pretrain", "--epochs", "two"], "expected an integer, got 'two'"),
         (["pretrain", "--base-lr", "nan"], "--base-lr"),
         (["pretrain", "--mask-ratio", "1.5"], "ratio in (0, 1)"),
+        (["pretrain", "--decoder-depth", "0"], "--decoder-depth"),
+        (["pretrain", "--decoder-dim", "70"], "decoder_embed_dim=70"),
         (["pretrain", "--data-dir", "{tmp}/nowhere"], "nowhere"),
         (["pretrain", "--data-dir", "{data}", "--subset", "1000000"], "subset=1000000 exceeds"),
         (["pretrain", "--data-dir", "{data}", "--warmup-epochs", "300"], "warmup_epochs"),
@@ -110,12 +113,14 @@ def test_pretrain_then_every_other_command(
 ) -> None:
     out = tmp_path / "run"
     args = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "2", "--out", str(out)]
-    assert main([*args, "--mask-ratio", "0.5", "--no-norm-pix"]) == 0
+    decoder = ["--decoder-depth", "3", "--decoder-dim", "16"]
+    assert main([*args, "--mask-ratio", "0.5", "--no-norm-pix", *decoder]) == 0
     summary = _json_line(capsys.readouterr().out)
     assert set(summary) >= {"final_loss", "epochs", "checkpoint", "seconds"}
     assert summary["epochs"] == 2 and summary["checkpoint"] == str(out / "checkpoint.pt")
     config = load_checkpoint(out / "checkpoint.pt")["config"]
     assert config["mask_ratio"] == 0.5 and config["norm_pix_loss"] is False
+    assert config["decoder_depth"] == 3 and config["decoder_embed_dim"] == 16
     assert main(args) == 2  # the folder holds a run: neither --resume nor --overwrite
     assert "already holds a checkpoint" in capsys.readouterr().err
 
