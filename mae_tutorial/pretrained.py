@@ -174,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         name = ("random_init_" if summary.get("random_init") else "") + kinds[0]
         if summary.get("blocks") is not None:
             name += f"_blocks{summary['blocks']}"
+        if summary.get("last_blocks", 1) > 1:  # linprobe --last-blocks K: another protocol
+            name += f"_last{summary['last_blocks']}"
         results[name + ("_from_scratch" if summary.get("from_scratch") else "")] = summary
     out = pack(args.checkpoint, PRETRAINED_DIR / f"{args.name}.pt", command=args.command,
                results=results, snapshots=snapshots)  # fmt: skip

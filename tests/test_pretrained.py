@@ -66,11 +66,13 @@ def test_command_line_collects_the_json_summaries(checkpoint, tmp_path, monkeypa
         + json.dumps({"linprobe_top1": 61.0, "train_top1": 70.0, "random_init": False})
     )
     knn.write_text(json.dumps({"knn_top1": 40.0, "random_init": True}) + "\n")
-    assert (
-        shipped.main([str(path), "toy", "--command", "cmd", "--results", str(probe), str(knn)]) == 0
-    )
+    last4 = tmp_path / "last4.txt"
+    last4.write_text(json.dumps({"linprobe_top1": 64.0, "last_blocks": 4, "random_init": False}))
+    files = [str(probe), str(knn), str(last4)]
+    assert shipped.main([str(path), "toy", "--command", "cmd", "--results", *files]) == 0
     results = shipped.pretrained_info("toy")["results"]
-    assert results["linprobe"]["linprobe_top1"] == 61.0
+    assert results["linprobe"]["linprobe_top1"] == 61.0  # not overwritten by the 4-block probe
+    assert results["linprobe_last4"]["linprobe_top1"] == 64.0
     assert results["random_init_knn"]["knn_top1"] == 40.0
 
 
