@@ -49,6 +49,9 @@ def runs(checkpoint: str) -> dict[str, list[str]]:
         "knn": ["knn", *ckpt],
         "random_init_linprobe": ["linprobe", *ckpt, "--random-init"],
         "random_init_knn": ["knn", *ckpt, "--random-init"],
+        # DINO's probe for small ViTs: the pooled features of the last 4 blocks, concatenated.
+        "linprobe_last4": ["linprobe", *ckpt, "--last-blocks", "4"],
+        "random_init_linprobe_last4": ["linprobe", *ckpt, "--last-blocks", "4", "--random-init"],
     }
     for blocks in (0, 1, 2, 4):
         table[f"finetune_blocks{blocks}"] = [
