@@ -148,6 +148,16 @@ def test_chapter_page_exists_and_links_to_colab(notebook: Path) -> None:
     assert {file for *_, file in links} == {notebook.name}
 
 
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.name)
+def test_markdown_tables_render_as_tables(notebook: Path) -> None:
+    # A table in a cell or in a cell's Markdown output must become <table>, not text with pipes
+    # (myst-nb's default CommonMark renderer for outputs has no tables).
+    text = chapter_page(notebook).read_text(encoding="utf-8")
+    text = re.sub(r"<pre.*?</pre>", "", text, flags=re.DOTALL)  # code may hold such strings
+    raw = re.findall(r"\|(?:---|\u2014)\|", text)
+    assert not raw, f"{notebook.name} shows {len(raw)} Markdown table rules as text"
+
+
 def test_landing_page_shows_its_figure() -> None:
     images = [url for what, url in parse(root_page()).urls if what == "img.src"]
     assert any(url.endswith("intro_masking.png") for url in images)
