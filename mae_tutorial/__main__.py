@@ -154,20 +154,22 @@ def _checkpoint_model(path: str) -> MaskedAutoencoder:
 # ------------------------------------------------------------------------------------ commands
 
 
+# pretrain's flags that override a field of the preset's MAEConfig (None: keep the preset's).
+_CONFIG_FLAGS = {
+    "mask_ratio": "mask_ratio",
+    "norm_pix": "norm_pix_loss",
+    "decoder_depth": "decoder_depth",
+    "decoder_dim": "decoder_embed_dim",
+}
+
+
 def _run_pretrain(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.mask_ratio is not None:
-        overrides["mask_ratio"] = args.mask_ratio
-    if args.norm_pix is not None:
-        overrides["norm_pix_loss"] = args.norm_pix
-    if args.decoder_depth is not None:
-        overrides["decoder_depth"] = args.decoder_depth
-    if args.decoder_dim is not None:
-        overrides["decoder_embed_dim"] = args.decoder_dim
-    try:
-        config = MAEConfig.from_preset(args.preset, **overrides)
-    except ValueError as err:
-        raise _UsageError(f"{PROG} pretrain: error: {err}") from None
+    overrides = {
+        field: getattr(args, flag)
+        for flag, field in _CONFIG_FLAGS.items()
+        if getattr(args, flag) is not None
+    }
+    config = MAEConfig.from_preset(args.preset, **overrides)  # a bad size: ValueError, exit 2
     settings = TrainSettings(
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -18,6 +18,7 @@ from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar, norma
 from mae_tutorial.evaluate import (
     build_finetune_model,
     evaluate_classifier,
+    extract_block_features,
     extract_features,
     finetune,
     fit_linear_probe,
@@ -146,8 +147,6 @@ def test_linear_probe_on_synthetic_data_beats_chance(mae: MaskedAutoencoder, dat
 def test_linear_probe_of_the_last_blocks_concatenates_their_features(
     mae: MaskedAutoencoder, data: CIFAR10
 ) -> None:
-    from mae_tutorial.evaluate import extract_block_features
-
     result = linear_probe(mae, data, epochs=3, batch_size=50, device="cpu", last_blocks=2)
     assert result["feature_dim"] == 2 * mae.config.embed_dim and result["last_blocks"] == 2
     train, test = (
