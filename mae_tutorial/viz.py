@@ -11,14 +11,18 @@ shows a returned figure.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyArrowPatch, FancyBboxPatch, Rectangle
+from torch import nn
 
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10_MEAN, CIFAR10_STD, denormalize
-from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.model import MAEEncoder, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.runtime import eval_mode
 
 MASK_GREY = 0.5  # display value of a removed patch
 
@@ -394,4 +398,295 @@ def draw_architecture(config: MAEConfig | None = None) -> Figure:
         x = 4 + 25 * i
         _token_column(ax, x, [token], -7)
         ax.text(x + 1.5, -7, text, ha="left", va="center", fontsize=8.5)
+    return fig
+
+
+# --- What the encoder attends to -------------------------------------------------------------------
+
+QUERIES = ("cls", "mean")  # which attention rows become a picture of the patches
+
+
+def _encoder(model: nn.Module) -> MAEEncoder:
+    """The `MAEEncoder` of an MAE or a classifier, or `model` itself when it is one."""
+    encoder = getattr(model, "encoder", model)
+    if not isinstance(encoder, MAEEncoder):
+        raise TypeError(
+            f"expected a MaskedAutoencoder, ViTClassifier or MAEEncoder, got {type(model).__name__}"
+        )
+    return encoder
+
+
+def encoder_attention(model: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """The attention weights of every encoder block and head, for whole (unmasked) images.
+
+    The encoder runs once, unchanged; a forward hook on each block's `Attention` module takes the
+    tokens it receives and asks that module for its own weights (`Attention.attention_map`:
+    softmax(q k^T / sqrt(d)) from the module's qkv projection), so the weights are those of the
+    model as it runs, not of a copy of its code.
+
+    Args:
+        model: a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`; run in eval mode without
+            gradients, its modes are restored afterwards.
+        images: normalised images (`mae_tutorial.data.normalize`).
+
+    Returns:
+        One CPU tensor per block, first block first; row i of a head's matrix is how token i
+        (0 = cls, then the L patches in row-major order) spreads its attention over the tokens.
+
+    Shapes:
+        images: (B, C, H, W) -> depth x (B, h, 1 + L, 1 + L), each row summing to 1.
+    """
+    encoder = _encoder(model)
+    weights: list[torch.Tensor] = []
+
+    def capture(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        weights.append(module.attention_map(args[0]).cpu())  # (B, h, 1 + L, 1 + L)
+
+    handles = [block.attn.register_forward_hook(capture) for block in encoder.blocks]
+    device = next(encoder.parameters()).device
+    try:
+        with eval_mode(encoder), torch.no_grad():
+            encoder(images.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return weights
+
+
+def patch_attention(weights: torch.Tensor, query: str = "cls") -> torch.Tensor:
+    """How much attention each patch receives, as one value per patch.
+
+    Args:
+        weights: one block's attention (`encoder_attention`).
+        query: "cls" (the cls token's row: what the image-level token looks at) or "mean" (the
+            patches' rows averaged: how much an average patch attends to each patch).
+
+    Shapes:
+        weights: (B, h, 1 + L, 1 + L) -> (B, h, L), each row summing to at most 1 (the rest goes
+        to the cls token).
+    """
+    if query not in QUERIES:
+        raise ValueError(f"query must be one of {QUERIES}, got {query!r}")
+    if query == "cls":
+        return weights[:, :, 0, 1:]  # (B, h, L)
+    return weights[:, :, 1:, 1:].mean(dim=2)  # (B, h, L)
+
+
+def patch_distances(grid_size: int, patch_size: int) -> torch.Tensor:
+    """Distances in pixels between the centres of every two patches of the grid.
+
+    Shapes:
+        -> (L, L) with L = grid_size**2, patches in row-major order.
+    """
+    index = torch.arange(grid_size, dtype=torch.float32)
+    rows = index.repeat_interleave(grid_size)  # (L,)
+    cols = index.repeat(grid_size)  # (L,)
+    dist2 = (rows[:, None] - rows[None]) ** 2 + (cols[:, None] - cols[None]) ** 2  # (L, L)
+    return patch_size * dist2.sqrt()
+
+
+def attention_distance(weights: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """Mean attention distance (Dosovitskiy et al. 2021, Figure 7) of each image and head.
+
+    For each patch query, the distance in pixels to each patch key weighted by the attention
+    between them, averaged over the queries. The cls token has no place in the image, so its row
+    and column are left out and each query's weights over the L patches are rescaled to sum to 1:
+    a head that sends most of its attention to the cls token is measured by where the rest goes.
+
+    Args:
+        weights: one block's attention (`encoder_attention`).
+        patch_size: P, so that distances come out in pixels.
+
+    Shapes:
+        weights: (B, h, 1 + L, 1 + L) -> (B, h).
+    """
+    patches = weights[:, :, 1:, 1:]  # (B, h, L, L)
+    patches = patches / patches.sum(dim=-1, keepdim=True)  # (B, h, L, L), rows sum to 1
+    grid_size = int(round(patches.shape[-1] ** 0.5))
+    dist = patch_distances(grid_size, patch_size).to(patches)  # (L, L)
+    return (patches * dist).sum(dim=-1).mean(dim=-1)  # (B, h)
+
+
+def mean_attention_distance(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mean attention distance in pixels of every encoder block and head, averaged over images.
+
+    Small values are local heads (they look at neighbouring patches), large values global ones;
+    `patch_distances(...).mean()` is the value of attention spread uniformly over the patches.
+
+    Args:
+        model: a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`.
+        images: normalised images.
+
+    Shapes:
+        images: (B, C, H, W) -> (depth, h).
+    """
+    patch_size = _encoder(model).config.patch_size
+    weights = encoder_attention(model, images)  # depth x (B, h, 1 + L, 1 + L)
+    return torch.stack([attention_distance(w, patch_size).mean(dim=0) for w in weights])
+
+
+def _attention_pictures(
+    model: nn.Module, images: torch.Tensor, query: str
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The images for display and, per block, each head's patch attention at image resolution.
+
+    Shapes:
+        images: (B, C, H, W) -> (B, C, H, W) in [0, 1], depth x (B, h, H, W).
+    """
+    config = _encoder(model).config
+    size, grid = config.image_size, config.grid_size
+    maps = []
+    for weights in encoder_attention(model, images):
+        values = patch_attention(weights, query)  # (B, h, L)
+        values = rearrange(values, "b h (gh gw) -> b h gh gw", gh=grid)  # (B, h, H/P, W/P)
+        maps.append(F.interpolate(values, size=(size, size), mode="nearest"))  # (B, h, H, W)
+    return denormalize(images.detach().float().cpu()), maps
+
+
+def _show(ax: Axes, picture: torch.Tensor, title: str | None = None, vmax: float = 1.0):
+    """Draw an image (C, H, W) in [0, 1], or a map (H, W) on the colour scale [0, vmax]."""
+    if picture.ndim == 3:
+        shown = ax.imshow(picture.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+    else:
+        shown = ax.imshow(
+            picture.numpy(), cmap="inferno", vmin=0, vmax=vmax, interpolation="nearest"
+        )
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=9)
+    return shown
+
+
+def _colour_bar(fig: Figure, shown, axes, length: int) -> None:
+    """One colour bar for all the maps of a figure, naming the uniform weight for comparison."""
+    bar = fig.colorbar(shown, ax=axes, shrink=0.5, aspect=30)
+    bar.set_label(
+        f"attention weight\n(uniform: 1/{1 + length} = {1 / (1 + length):.3f})", fontsize=8
+    )
+
+
+_QUERY_WORDS = {"cls": "cls token -> patches", "mean": "mean over patch queries"}
+
+
+def attention_maps(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    block: int = -1,
+    query: str = "cls",
+    title: str | None = None,
+    vmax: float | None = None,
+) -> Figure:
+    """Where each head of one encoder block looks: one row per image, the input then each head.
+
+    Each map shows the attention each patch receives (`patch_attention`), one patch per square
+    (upsampled to the input's size without smoothing), all on one colour scale so that heads and
+    images compare; pass the same `vmax` to compare two figures (e.g. trained and random init).
+
+    Args:
+        model: a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`.
+        images: normalised images.
+        block: which encoder block (negative counts from the last, the default).
+        query: "cls" or "mean", see `patch_attention`.
+        title: the figure's title; by default the block and the query.
+        vmax: the attention weight drawn brightest; the largest one drawn when None.
+
+    Returns:
+        A matplotlib `Figure`.
+
+    Shapes:
+        images: (B, C, H, W).
+    """
+    shown, maps = _attention_pictures(model, images, query)
+    depth = len(maps)
+    if not -depth <= block < depth:
+        raise ValueError(f"block must lie in [{-depth}, {depth}) for this encoder, got {block!r}")
+    heads = maps[block]  # (B, h, H, W)
+    batch, num_heads = heads.shape[:2]
+    vmax = float(heads.max()) if vmax is None else vmax
+    fig = Figure(figsize=(1.3 * (1 + num_heads) + 1.2, 1.35 * batch + 0.5), layout="constrained")
+    axes = fig.subplots(batch, 1 + num_heads, squeeze=False)
+    for row in range(batch):
+        _show(axes[row][0], shown[row], "input" if row == 0 else None)
+        for head in range(num_heads):
+            name = f"head {head + 1}" if row == 0 else None
+            drawn = _show(axes[row][1 + head], heads[row, head], name, vmax)
+    _colour_bar(fig, drawn, axes, _encoder(model).config.num_patches)
+    number = block % depth + 1
+    fig.suptitle(title or f"block {number} of {depth}: {_QUERY_WORDS[query]}", fontsize=10)
+    return fig
+
+
+def attention_grid(
+    model: nn.Module, images: torch.Tensor, *, index: int = 0, query: str = "cls"
+) -> Figure:
+    """Every block and head for one image: one row per block (first at the top), one per head,
+    all on one colour scale.
+
+    Args:
+        model: a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`.
+        images: normalised images; only `images[index]` is drawn.
+        index: which image.
+        query: "cls" or "mean", see `patch_attention`.
+
+    Returns:
+        A matplotlib `Figure`, the input in the first column of the first row.
+
+    Shapes:
+        images: (B, C, H, W).
+    """
+    if not 0 <= index < images.shape[0]:
+        raise ValueError(f"index must lie in [0, {images.shape[0]}), got {index!r}")
+    shown, maps = _attention_pictures(model, images[index : index + 1], query)
+    depth, num_heads = len(maps), maps[0].shape[1]
+    vmax = max(float(m.max()) for m in maps)
+    fig = Figure(figsize=(1.3 * (1 + num_heads) + 1.4, 1.3 * depth + 0.5), layout="constrained")
+    axes = fig.subplots(depth, 1 + num_heads, squeeze=False)
+    for b in range(depth):
+        if b == 0:
+            _show(axes[0][0], shown[0], "input")
+        else:
+            axes[b][0].axis("off")
+        for head in range(num_heads):
+            name = f"head {head + 1}" if b == 0 else None
+            drawn = _show(axes[b][1 + head], maps[b][0, head], name, vmax)
+        axes[b][1].set_ylabel(f"block {b + 1}", fontsize=9)
+    _colour_bar(fig, drawn, axes, _encoder(model).config.num_patches)
+    fig.suptitle(f"attention per block and head: {_QUERY_WORDS[query]}", fontsize=10)
+    return fig
+
+
+def attention_distance_figure(models: dict[str, nn.Module], images: torch.Tensor) -> Figure:
+    """Mean attention distance per block and head, one panel per model, as in Dosovitskiy et al.
+    (2021), Figure 7: one dot per head; the dotted line is attention spread uniformly.
+
+    Args:
+        models: named models of one image and patch size (e.g. {"reference": ..., "random init":
+            ...}), each a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`.
+        images: normalised images the distances are averaged over.
+
+    Returns:
+        A matplotlib `Figure`.
+
+    Shapes:
+        images: (B, C, H, W).
+    """
+    fig = Figure(figsize=(3.6 * len(models) + 0.4, 3.2), layout="constrained")
+    axes = fig.subplots(1, len(models), squeeze=False, sharey=True)[0]
+    for ax, (name, model) in zip(axes, models.items()):
+        config = _encoder(model).config
+        distances = mean_attention_distance(model, images)  # (depth, h)
+        depth, num_heads = distances.shape
+        for head in range(num_heads):
+            ax.scatter(range(1, depth + 1), distances[:, head].numpy(), s=18,
+                       label=f"head {head + 1}")  # fmt: skip
+        uniform = patch_distances(config.grid_size, config.patch_size).mean().item()
+        ax.axhline(uniform, color="0.5", linestyle=":", linewidth=1, label="uniform attention")
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("encoder block")
+        ax.set_xticks(range(1, depth + 1))
+        ax.set_ylim(bottom=0)
+    axes[0].set_ylabel("mean attention distance (pixels)")
+    axes[-1].legend(fontsize=8, loc="lower right")
     return fig
