@@ -255,7 +255,7 @@ def test_attention_figures_draw_one_panel_per_head(reference, tmp_path: Path) ->
     images = _images(3)
     config = reference.config
     fig = attention_maps(reference, images)
-    assert len(fig.axes) == 3 * (1 + config.num_heads)
+    assert len(fig.axes) == 3 * (1 + config.num_heads) + 1  # and the colour bar
     assert (
         fig._suptitle.get_text() == f"block {config.depth} of {config.depth}: cls token -> patches"
     )
@@ -265,7 +265,7 @@ def test_attention_figures_draw_one_panel_per_head(reference, tmp_path: Path) ->
     ]
     fig.savefig(tmp_path / "maps.png")
     grid = attention_grid(reference, images, index=2, query="mean")
-    assert len(grid.axes) == config.depth * (1 + config.num_heads)
+    assert len(grid.axes) == config.depth * (1 + config.num_heads) + 1
     assert "mean over patch queries" in grid._suptitle.get_text()
     with seeded(0):
         random_init = MaskedAutoencoder(reference.config)
