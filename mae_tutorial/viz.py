@@ -1,7 +1,17 @@
-"""Pictures of what an MAE does: reconstruction grids in the style of the paper's Figures 2-4.
+"""Pictures of what an MAE does and what a trained one has learned.
 
-    images -> model(images, noise) -> pred (B, L, P*P*C) -> un-normalise per patch -> unpatchify
-           -> rows: original | masked | reconstruction | reconstruction with the visible patches
+- Reconstructions in the style of the paper's Figures 2-4, at the model's mask ratio or any other
+  (`reconstruction_grid`, `mask_ratio_figure`):
+
+      images -> model(images, noise) -> pred (B, L, P*P*C) -> un-normalise per patch -> unpatchify
+             -> rows: original | masked | reconstruction | reconstruction with the visible patches
+
+- The architecture at a glance, in the spirit of the paper's Figure 1 (`draw_architecture`).
+- What the encoder attends to: per block and head attention weights read from the running model
+  (`encoder_attention`), maps of them (`attention_maps`, `attention_grid`) and the mean attention
+  distance of Dosovitskiy et al. (2021), Figure 7 (`mean_attention_distance`).
+- Widgets for a running kernel (`mask_ratio_widget`, `attention_widget`); each has a static figure
+  above for the rendered book.
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot), so nothing here depends on
 a display or on pyplot's global state; `fig.savefig("grid.png")` works anywhere, and a notebook
@@ -9,6 +19,9 @@ shows a returned figure.
 """
 
 from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,9 +33,13 @@ from torch import nn
 
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10_MEAN, CIFAR10_STD, denormalize
-from mae_tutorial.model import MAEEncoder, MaskedAutoencoder
+from mae_tutorial.losses import masked_mse_loss
+from mae_tutorial.model import MAEEncoder, MAEOutput, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
 from mae_tutorial.runtime import eval_mode
+
+if TYPE_CHECKING:
+    import ipywidgets as widgets
 
 MASK_GREY = 0.5  # display value of a removed patch
 
@@ -130,6 +147,22 @@ def prediction_to_images(
     }
 
 
+def _forward_at_ratio(
+    model: MaskedAutoencoder, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
+) -> MAEOutput:
+    """`model(images, noise)` with another mask ratio than the one in its config.
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L) -> MAEOutput(loss (), pred (B, L, P*P*C), mask (B, L)).
+    """
+    config = model.config
+    latent, mask, ids_restore = model.encoder.forward_masked(images, mask_ratio, noise)
+    pred = model.decoder(latent, ids_restore)  # (B, L, P*P*C)
+    target = patchify(images, config.patch_size)  # (B, L, P*P*C)
+    loss = masked_mse_loss(pred, target, mask, norm_pix=config.norm_pix_loss)
+    return MAEOutput(loss=loss, pred=pred, mask=mask)
+
+
 def reconstruct_images(
     model: MaskedAutoencoder,
     images: torch.Tensor,
@@ -138,6 +171,7 @@ def reconstruct_images(
     stats: str = "true",
     mean: tuple[float, ...] = CIFAR10_MEAN,
     std: tuple[float, ...] = CIFAR10_STD,
+    mask_ratio: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """Run the MAE once and turn its prediction into displayable images.
 
@@ -149,6 +183,8 @@ def reconstruct_images(
         noise: masking noise (lowest = kept); random when None.
         stats: "true" (the official demo's way, flattering) or "visible" (honest).
         mean, std: the per-channel statistics `images` were normalised with.
+        mask_ratio: remove this fraction of patches instead of the model's own
+            (`model.config.mask_ratio`); the encoder, decoder and loss are the model's.
 
     Returns:
         `prediction_to_images`'s dict plus "loss" (), the model's loss on these images.
@@ -162,7 +198,11 @@ def reconstruct_images(
     model.eval()
     try:
         with torch.no_grad():
-            out = model(images, noise=None if noise is None else noise.to(device))
+            noise = None if noise is None else noise.to(device)
+            if mask_ratio is None:
+                out = model(images, noise=noise)
+            else:
+                out = _forward_at_ratio(model, images, mask_ratio, noise)
     finally:
         model.train(was_training)
     config = model.config
@@ -602,19 +642,36 @@ def attention_maps(
     depth = len(maps)
     if not -depth <= block < depth:
         raise ValueError(f"block must lie in [{-depth}, {depth}) for this encoder, got {block!r}")
-    heads = maps[block]  # (B, h, H, W)
-    batch, num_heads = heads.shape[:2]
-    vmax = float(heads.max()) if vmax is None else vmax
-    fig = Figure(figsize=(1.3 * (1 + num_heads) + 1.2, 1.35 * batch + 0.5), layout="constrained")
-    axes = fig.subplots(batch, 1 + num_heads, squeeze=False)
+    number = block % depth + 1
+    title = title or f"block {number} of {depth}: {_QUERY_WORDS[query]}"
+    length = _encoder(model).config.num_patches
+    return _maps_figure(shown, maps[block], range(maps[block].shape[1]), title, vmax, length)
+
+
+def _maps_figure(
+    shown: torch.Tensor,
+    maps: torch.Tensor,
+    heads: range | list[int],
+    title: str,
+    vmax: float | None,
+    length: int,
+) -> Figure:
+    """One row per image: the input, then the maps of the chosen heads, on one colour scale.
+
+    Shapes:
+        shown: (B, C, H, W) in [0, 1], maps: (B, h, H, W).
+    """
+    batch = shown.shape[0]
+    vmax = float(maps[:, list(heads)].max()) if vmax is None else vmax
+    fig = Figure(figsize=(1.3 * (1 + len(heads)) + 1.2, 1.35 * batch + 0.5), layout="constrained")
+    axes = fig.subplots(batch, 1 + len(heads), squeeze=False)
     for row in range(batch):
         _show(axes[row][0], shown[row], "input" if row == 0 else None)
-        for head in range(num_heads):
+        for col, head in enumerate(heads):
             name = f"head {head + 1}" if row == 0 else None
-            drawn = _show(axes[row][1 + head], heads[row, head], name, vmax)
-    _colour_bar(fig, drawn, axes, _encoder(model).config.num_patches)
-    number = block % depth + 1
-    fig.suptitle(title or f"block {number} of {depth}: {_QUERY_WORDS[query]}", fontsize=10)
+            drawn = _show(axes[row][1 + col], maps[row, head], name, vmax)
+    _colour_bar(fig, drawn, axes, length)
+    fig.suptitle(title, fontsize=10)
     return fig
 
 
@@ -690,3 +747,173 @@ def attention_distance_figure(models: dict[str, nn.Module], images: torch.Tensor
     axes[0].set_ylabel("mean attention distance (pixels)")
     axes[-1].legend(fontsize=8, loc="lower right")
     return fig
+
+
+# --- Widgets for a running kernel, each with the static figure the rendered book shows ------------
+
+
+def _png(fig: Figure) -> bytes:
+    """A figure as PNG bytes, for an `ipywidgets.Image` (no display backend involved)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _fixed_noise(model: MaskedAutoencoder, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Masking noise drawn once, so every mask ratio keeps the lowest-noise patches: a higher
+    ratio removes a superset of what a lower one removes.
+
+    Shapes:
+        images: (B, C, H, W) -> (B, L).
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.rand(images.shape[0], model.config.num_patches, generator=generator)
+
+
+def mask_ratio_figure(
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    ratios: tuple[float, ...] = (0.25, 0.5, 0.75, 0.9),
+    noise: torch.Tensor | None = None,
+    *,
+    stats: str = "visible",
+) -> Figure:
+    """What the model paints as more and more of each image is removed: the original, then for
+    each ratio the masked input and the prediction pasted into the holes.
+
+    One noise tensor serves every ratio, so each higher ratio removes the patches a lower one
+    removed and some more. Predictions are un-normalised with the visible patches' statistics by
+    default (`prediction_to_images`, `stats="visible"`): nothing drawn comes from a hidden patch.
+
+    Args:
+        model: the MAE (e.g. `pretrained("cifar10-cpu")`).
+        images: normalised images.
+        ratios: mask ratios, each in (0, 1) and keeping at least one patch.
+        noise: masking noise; drawn with seed 0 when None.
+        stats: "visible" (honest, the default) or "true" (flattering), see `prediction_to_images`.
+
+    Returns:
+        A matplotlib `Figure`; each row's label gives the model's loss on these images.
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L).
+    """
+    noise = _fixed_noise(model, images) if noise is None else noise
+    rows = []
+    for ratio in ratios:
+        parts = reconstruct_images(model, images, noise, stats=stats, mask_ratio=ratio)
+        if not rows:
+            rows.append(("original", parts["original"]))
+        rows.append((f"masked {ratio:.0%}", parts["masked"]))
+        rows.append((f"painted\nloss {float(parts['loss']):.3f}", parts["pasted"]))
+    return image_grid(rows, "what the model paints at each mask ratio")
+
+
+def _ratio_choices(model: MaskedAutoencoder) -> list[float]:
+    """Mask ratios 5%, 10%, ..., 95% that keep at least one patch of the model's images."""
+    length = model.config.num_patches
+    ratios = [round(0.05 * i, 2) for i in range(1, 20)]
+    return [r for r in ratios if int(length * (1 - r)) >= 1]
+
+
+def mask_ratio_widget(
+    model: MaskedAutoencoder,
+    images: torch.Tensor,
+    noise: torch.Tensor | None = None,
+    *,
+    stats: str = "visible",
+) -> widgets.VBox:
+    """A mask-ratio slider over what the model paints, for Jupyter and Colab readers.
+
+    Moving the slider reruns the model on the same images with the same noise (see
+    `mask_ratio_figure`, its static counterpart for the rendered book). The widget is returned,
+    not displayed: make it a cell's last expression. Nothing blocks, so headless runs and nbval
+    execute the cell like any other.
+
+    Args:
+        model: the MAE.
+        images: normalised images (a few: each move redraws them).
+        noise: masking noise; drawn with seed 0 when None.
+        stats: "visible" (honest, the default) or "true", see `prediction_to_images`.
+
+    Returns:
+        An `ipywidgets.VBox` holding the slider and the picture.
+
+    Shapes:
+        images: (B, C, H, W), noise: (B, L).
+    """
+    import ipywidgets
+
+    noise = _fixed_noise(model, images) if noise is None else noise
+    choices = _ratio_choices(model)
+
+    def draw(ratio: float) -> bytes:
+        parts = reconstruct_images(model, images, noise, stats=stats, mask_ratio=ratio)
+        rows = [
+            ("original", parts["original"]),
+            (f"masked {ratio:.0%}", parts["masked"]),
+            ("painted", parts["pasted"]),
+        ]
+        return _png(image_grid(rows, f"mask ratio {ratio:.0%}, loss {float(parts['loss']):.3f}"))
+
+    start = min(choices, key=lambda r: abs(r - model.config.mask_ratio))
+    slider = ipywidgets.SelectionSlider(
+        options=[(f"{r:.0%}", r) for r in choices], value=start, description="mask ratio",
+        continuous_update=False,
+    )  # fmt: skip
+    picture = ipywidgets.Image(value=draw(start), format="png")
+
+    def redraw(change: dict) -> None:
+        picture.value = draw(change["new"])
+
+    slider.observe(redraw, names="value")
+    return ipywidgets.VBox([slider, picture])
+
+
+def attention_widget(model: nn.Module, images: torch.Tensor) -> widgets.VBox:
+    """Block, head and query selectors over the encoder's attention maps, for Jupyter and Colab.
+
+    The attention is computed once; each choice redraws `attention_maps`'s picture for one block
+    and one head (or all heads). Its static counterparts for the rendered book are
+    `attention_maps` (one block, every head) and `attention_grid` (one image, every block and
+    head). Returned, not displayed; nothing blocks.
+
+    Args:
+        model: a `MaskedAutoencoder`, `ViTClassifier` or `MAEEncoder`.
+        images: normalised images (a few).
+
+    Returns:
+        An `ipywidgets.VBox` holding the selectors and the picture.
+
+    Shapes:
+        images: (B, C, H, W).
+    """
+    import ipywidgets
+
+    length = _encoder(model).config.num_patches
+    pictures = {query: _attention_pictures(model, images, query) for query in QUERIES}
+    depth, num_heads = len(pictures["cls"][1]), pictures["cls"][1][0].shape[1]
+    block = ipywidgets.IntSlider(value=depth, min=1, max=depth, description="block",
+                                 continuous_update=False)  # fmt: skip
+    head = ipywidgets.Dropdown(
+        options=[("all", -1)] + [(str(i + 1), i) for i in range(num_heads)], value=-1,
+        description="head",
+    )  # fmt: skip
+    query = ipywidgets.ToggleButtons(
+        options=[(_QUERY_WORDS[q], q) for q in QUERIES], value="cls", description="query"
+    )
+
+    def draw() -> bytes:
+        shown, maps = pictures[query.value]
+        heads = range(num_heads) if head.value < 0 else [head.value]
+        title = f"block {block.value} of {depth}: {_QUERY_WORDS[query.value]}"
+        return _png(_maps_figure(shown, maps[block.value - 1], heads, title, None, length))
+
+    picture = ipywidgets.Image(value=draw(), format="png")
+
+    def redraw(change: dict) -> None:
+        picture.value = draw()
+
+    for control in (block, head, query):
+        control.observe(redraw, names="value")
+    return ipywidgets.VBox([ipywidgets.HBox([block, head]), query, picture])

@@ -25,8 +25,11 @@ from mae_tutorial.viz import (
     attention_distance_figure,
     attention_grid,
     attention_maps,
+    attention_widget,
     draw_architecture,
     encoder_attention,
+    mask_ratio_figure,
+    mask_ratio_widget,
     mean_attention_distance,
     patch_attention,
     patch_distances,
@@ -278,3 +281,44 @@ def test_attention_figures_draw_one_panel_per_head(reference, tmp_path: Path) ->
         attention_maps(reference, images, block=config.depth)
     with pytest.raises(ValueError, match="index must lie in"):
         attention_grid(reference, images, index=3)
+
+
+def test_other_mask_ratios_run_the_models_own_parts(reference) -> None:
+    images = _images(2)
+    noise = torch.rand(2, reference.config.num_patches, generator=torch.Generator().manual_seed(3))
+    own = reconstruct_images(reference, images, noise, stats="visible")
+    same = reconstruct_images(reference, images, noise, stats="visible", mask_ratio=0.75)
+    for key in ("pasted", "mask", "loss"):
+        torch.testing.assert_close(same[key], own[key])
+    low = reconstruct_images(reference, images, noise, mask_ratio=0.25)["mask"]
+    high = reconstruct_images(reference, images, noise, mask_ratio=0.9)["mask"]
+    assert low.sum() == 2 * 16 and high.sum() == 2 * (64 - 6)
+    assert torch.all(high >= low)  # one noise: a higher ratio removes a superset
+
+
+def test_mask_ratio_figure_has_two_rows_per_ratio(reference) -> None:
+    fig = mask_ratio_figure(reference, _images(3), ratios=(0.5, 0.9))
+    labels = [fig.axes[3 * r].get_ylabel() for r in range(5)]
+    assert labels[:2] == ["original", "masked 50%"] and labels[3] == "masked 90%"
+    assert labels[2].startswith("painted\nloss ") and len(fig.axes) == 5 * 3
+
+
+def test_widgets_redraw_without_blocking_and_offer_only_valid_choices() -> None:
+    ipywidgets = pytest.importorskip("ipywidgets")
+    model = MaskedAutoencoder(MAEConfig.from_preset("tiny"))  # 16 patches: 95% would keep none
+    images = _images(2)
+    box = mask_ratio_widget(model, images)
+    assert isinstance(box, ipywidgets.VBox)
+    slider, picture = box.children
+    assert slider.value == 0.75 and max(slider.options, key=lambda o: o[1])[1] == 0.9
+    before = picture.value
+    assert before[:4] == b"\x89PNG"
+    slider.value = 0.5
+    assert picture.value != before
+    box = attention_widget(model, images)
+    (block, head), query, picture = box.children[0].children, box.children[1], box.children[2]
+    assert block.max == model.config.depth and [o[1] for o in head.options] == [-1, 0, 1]
+    for control, value in ((head, 1), (block, 1), (query, "mean")):
+        before = picture.value
+        control.value = value
+        assert picture.value != before and picture.value[:4] == b"\x89PNG"
