@@ -541,7 +541,8 @@ def attention_distance(weights: torch.Tensor, patch_size: int) -> torch.Tensor:
         weights: (B, h, 1 + L, 1 + L) -> (B, h).
     """
     patches = weights[:, :, 1:, 1:]  # (B, h, L, L)
-    patches = patches / patches.sum(dim=-1, keepdim=True)  # (B, h, L, L), rows sum to 1
+    total = patches.sum(dim=-1, keepdim=True).clamp(min=torch.finfo(patches.dtype).tiny)
+    patches = patches / total  # (B, h, L, L), rows sum to 1
     grid_size = int(round(patches.shape[-1] ** 0.5))
     dist = patch_distances(grid_size, patch_size).to(patches)  # (L, L)
     return (patches * dist).sum(dim=-1).mean(dim=-1)  # (B, h)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -322,3 +323,22 @@ def test_widgets_redraw_without_blocking_and_offer_only_valid_choices() -> None:
         before = picture.value
         control.value = value
         assert picture.value != before and picture.value[:4] == b"\x89PNG"
+
+
+def _make_figures():
+    path = Path(__file__).parents[1] / "book" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_figures_draws_what_the_book_holds(tmp_path: Path) -> None:
+    make_figures = _make_figures()
+    images = Path(make_figures.__file__).parent / "images"
+    for name in make_figures.FIGURES:
+        assert (images / f"{name}.png").is_file(), f"run `make figures`: {name}.png is missing"
+    make_figures.FIGURES["architecture"](tmp_path / "architecture.png")
+    assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="unknown figures"):
+        make_figures.main(["no_such_figure"])
