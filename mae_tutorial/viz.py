@@ -181,7 +181,7 @@ def reconstruct_images(
         model: the MAE; run in eval mode without gradients, its mode is restored afterwards.
         images: normalised images (`mae_tutorial.data.normalize`).
         noise: masking noise (lowest = kept); random when None.
-        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+        stats: "true" (the hidden patches' own statistics, flattering) or "visible" (honest).
         mean, std: the per-channel statistics `images` were normalised with.
         mask_ratio: remove this fraction of patches instead of the model's own
             (`model.config.mask_ratio`); the encoder, decoder and loss are the model's.
@@ -259,7 +259,7 @@ def reconstruction_grid(
         images: normalised images.
         noise: masking noise; random when None.
         title: figure title; by default the mask ratio and the loss on these images.
-        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+        stats: "true" (the hidden patches' own statistics, flattering) or "visible" (honest).
 
     Returns:
         A matplotlib `Figure` (save it with `fig.savefig(path)`).
