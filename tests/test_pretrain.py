@@ -3,6 +3,7 @@ signal, a non-finite loss, refusal of mismatched checkpoints, and torchrun with 
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -14,25 +15,32 @@ from pathlib import Path
 import pytest
 import torch
 
+import mae_tutorial.pretrain as runner
+from mae_tutorial.augment import random_resized_crop_flip
 from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
+from mae_tutorial.data import CIFAR10, DeviceLoader, load_cifar10, make_synthetic_cifar
 from mae_tutorial.masking import random_masking
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import (
     HISTORY_NAME,
+    CheckpointWriteError,
     NonFiniteLossError,
     StepInfo,
+    TrainingAborted,
     TrainingInterrupted,
     TrainSettings,
+    pretrain,
+)
+from mae_tutorial.training import (
     check_masking,
     lr_at,
     masking_noise,
     param_groups,
-    pretrain,
-    resolve_amp,
+    train_epoch,
 )
 
+FAULTY = Path(__file__).with_name("faulty_pretrain.py")  # the CLI with injected faults
 N_TRAIN, BATCH = 300, 50  # 6 steps per epoch
 
 
@@ -58,6 +66,14 @@ def _model(config: MAEConfig | None = None) -> MaskedAutoencoder:
 
 def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _sigterm_at(step: int):
+    def send(info: StepInfo) -> None:
+        if info.step == step:
+            os.kill(os.getpid(), signal.SIGTERM)  # the real signal, through the real handler
+
+    return send
 
 
 # ----------------------------------------------------------------------------------- settings
@@ -95,15 +111,6 @@ def test_settings_round_trip_through_a_dict() -> None:
     assert TrainSettings(epochs=50).warmup == 5.0  # None = 10% of the epochs
     with pytest.raises(ValueError, match="unknown TrainSettings fields"):
         TrainSettings.from_dict({"epochs": 1, "lr": 0.1})
-
-
-def test_resolve_amp_on_cpu() -> None:
-    cpu = torch.device("cpu")
-    assert resolve_amp("auto", cpu) == (None, False)
-    assert resolve_amp("off", cpu) == (None, False)
-    assert resolve_amp("bf16", cpu) == (torch.bfloat16, False)  # on CPU only when asked
-    with pytest.raises(ValueError, match="fp16"):
-        resolve_amp("fp16", cpu)
 
 
 # ------------------------------------------------------------------ schedule and parameter groups
@@ -229,6 +236,53 @@ def test_resume_after_sigterm_gives_identical_weights(
     ]  # fmt: skip
 
 
+def test_chapter_7_loop_and_the_runner_give_the_same_losses(data: CIFAR10, tmp_path: Path) -> None:
+    """The runner drives chapter 7's own functions: same seed, same losses, bit for bit."""
+    settings = _settings(epochs=2)
+    steps: list[StepInfo] = []
+    pretrain(_model(), data, settings, tmp_path, callback=steps.append)
+    model = _model()
+    loader = DeviceLoader(
+        data.train_images, data.train_labels, BATCH, augment=random_resized_crop_flip, seed=0
+    )
+    n = len(loader)
+    schedule = functools.partial(
+        lr_at, total_steps=n * 2, warmup_steps=n, peak_lr=settings.lr, min_lr=0.0
+    )
+    L = model.config.num_patches
+    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=settings.lr, betas=(0.9, 0.95))
+    losses: list[float] = []
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        losses += train_epoch(
+            model, loader, optimizer, schedule=schedule, first_step=epoch * n,
+            noise_fn=lambda step, batch: masking_noise(batch, L, 0, step),
+        )  # fmt: skip
+    assert [s.loss for s in steps] == losses and len(losses) == 12
+    assert _same_weights(model.state_dict(), load_checkpoint(tmp_path / "checkpoint.pt")["model"])
+
+
+def test_losses_are_read_back_without_a_device_sync_per_step(
+    data: CIFAR10, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`.item()` and `.tolist()` wait for the device: the runner calls them per group of steps."""
+    syncs: list[str] = []
+    for name in ("item", "tolist"):
+        real = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, _real=real, _name=name) -> object:
+            if sys._getframe(1).f_code.co_filename == runner.__file__:
+                syncs.append(_name)
+            return _real(self)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    monkeypatch.setattr(runner, "SYNC_EVERY", 4)
+    history = pretrain(_model(), data, _settings(epochs=2), tmp_path)  # 12 steps, 2 checkpoints
+    # Per epoch: losses read at steps 4 and 6, and one check of the weights before each save.
+    assert sorted(syncs) == ["item"] * 2 + ["tolist"] * 4, syncs
+    assert all(math.isfinite(h["loss"]) for h in history)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     data: CIFAR10, tmp_path: Path
 ) -> None:
@@ -236,8 +290,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     calls = {"n": 0}
 
     def poison(module: torch.nn.Module, inputs: object, output: object) -> object:
-        calls["n"] += 1
-        if calls["n"] == 8:  # epoch 2, batch 2
+        calls["n"] += module.training  # the runner's checks run in eval mode
+        if module.training and calls["n"] == 8:  # epoch 2, batch 2
             output.loss = output.loss * float("nan")
         return output
 
@@ -246,13 +300,188 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
         pretrain(model, data, _settings(), tmp_path)
     message = str(info.value)
     assert "non-finite loss nan at step 8 of 18 (epoch 2, batch 2 of 6)" in message
-    assert str(tmp_path / "checkpoint.pt") in message
+    assert str(tmp_path / "checkpoint.pt") in message and "\n" not in message
     assert info.value.step == 8 and math.isnan(info.value.loss)
-    assert latest_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
+    assert info.value.checkpoint == latest_checkpoint(tmp_path) == tmp_path / "checkpoint.pt"
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == 6 and math.isfinite(state["last_loss"])
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
-    assert all(torch.isfinite(p).all() for p in model.parameters())  # never updated with NaN
+    assert _same_weights(model.state_dict(), state["model"])  # back at the last good checkpoint
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == state["history"]
+
+
+@pytest.mark.parametrize("damage", ["huge", "nan"])
+def test_a_diverged_state_is_never_saved_and_the_last_good_checkpoint_resumes(
+    data: CIFAR10, tmp_path: Path, damage: str
+) -> None:
+    """Issue 15 item 2: weights that are not finite, or whose loss is not, are never written."""
+    model = _model()
+
+    def diverge(info: StepInfo) -> None:
+        if info.step == 12:  # the last step of epoch 2, just before its checkpoint
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.mul_(1e30) if damage == "huge" else p.fill_(float("nan"))
+
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(model, data, _settings(), tmp_path, callback=diverge)
+    assert info.value.step == 13 and "the weights after step 12" in str(info.value)
+    assert info.value.checkpoint == tmp_path / "checkpoint.pt"
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6 and all(v.isfinite().all() for v in state["model"].values())
+    assert _same_weights(model.state_dict(), state["model"])
+    resumed = pretrain(_model(), data, _settings(), tmp_path, resume=True)
+    assert len(resumed) == 3 and all(math.isfinite(h["loss"]) for h in resumed)
+
+
+# In our runs at 2000 the loss of step 7 is NaN: the weights after step 6 (those the epoch-1
+# checkpoint would hold) have already diverged (issue 15 item 2); at 1500 it is step 8.
+@pytest.mark.parametrize("base_lr", [1500.0, 2000.0])
+def test_a_real_divergence_names_only_a_checkpoint_that_resumes(
+    data: CIFAR10, tmp_path: Path, base_lr: float
+) -> None:
+    settings = _settings(epochs=6, base_lr=base_lr)
+    with pytest.raises(NonFiniteLossError) as info:
+        pretrain(_model(), data, settings, tmp_path)
+    good = info.value.checkpoint
+    assert good == latest_checkpoint(tmp_path)  # no other checkpoint was written
+    if good is None:
+        assert "no good checkpoint" in str(info.value)
+        return
+    state = load_checkpoint(good)
+    assert all(v.isfinite().all() for v in state["model"].values())
+    losses: list[float] = []
+    with pytest.raises(NonFiniteLossError) as again:  # the same settings diverge the same way
+        pretrain(
+            _model(),
+            data,
+            settings,
+            tmp_path,
+            resume=True,
+            callback=lambda i: losses.append(i.loss),
+        )
+    assert len(losses) >= 1 and math.isfinite(losses[0]) and again.value.step == info.value.step
+
+
+def test_a_second_signal_stops_at_once_leaving_the_last_checkpoint(
+    data: CIFAR10, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 1: the first SIGTERM asks for a checkpoint at the step boundary; a second one,
+    arriving in the middle of writing it, stops at once and leaves the previous one intact."""
+    real_save = torch.save
+
+    def slow_save(obj: object, f, *args: object, **kwargs: object) -> None:
+        f.write(b"half a checkpoint")
+        os.kill(os.getpid(), signal.SIGTERM)  # the second signal, inside the write
+        real_save(obj, f, *args, **kwargs)
+
+    def first_sigterm(info: StepInfo) -> None:
+        if info.step == 8:
+            monkeypatch.setattr(torch, "save", slow_save)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingAborted) as info:
+        pretrain(_model(), data, _settings(), tmp_path, callback=first_sigterm)
+    monkeypatch.undo()
+    assert info.value.signum == signal.SIGTERM and isinstance(info.value, KeyboardInterrupt)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6  # the epoch-1 checkpoint, untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", HISTORY_NAME]
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == state["history"]
+    assert len(pretrain(_model(), data, _settings(), tmp_path, resume=True)) == 3
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_checkpoint(
+    data: CIFAR10, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 7: a real ENOSPC (/dev/full) while writing the epoch-2 checkpoint."""
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full")
+    real_save = torch.save
+
+    def to_full_disk(obj: object, f, *args: object, **kwargs: object) -> None:
+        with open("/dev/full", "wb") as full:
+            real_save(obj, full, *args, **kwargs)
+
+    def fill_disk(info: StepInfo) -> None:
+        if info.step == 7:
+            monkeypatch.setattr(torch, "save", to_full_disk)
+
+    with pytest.raises(CheckpointWriteError) as info:
+        pretrain(_model(), data, _settings(), tmp_path, callback=fill_disk)
+    monkeypatch.undo()
+    message = str(info.value)
+    assert isinstance(info.value, OSError) and "\n" not in message
+    assert str(tmp_path / "checkpoint.pt") in message and "No space left on device" in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__  # one traceback
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", HISTORY_NAME]
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == state["history"]
+    assert len(pretrain(_model(), data, _settings(), tmp_path, resume=True)) == 3
+
+
+def test_stray_temporaries_and_a_history_ahead_are_repaired_at_the_next_start(
+    data: CIFAR10, tmp_path: Path
+) -> None:
+    """What a kill -9 inside a write can leave: our temporaries, history.json ahead."""
+    settings = _settings(epochs=2)
+    with pytest.raises(TrainingInterrupted):
+        pretrain(_model(), data, settings, tmp_path, callback=_sigterm_at(8))
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    ahead = [*state["history"], {**state["history"][0], "epoch": 2, "step": 12}]
+    (tmp_path / HISTORY_NAME).write_text(json.dumps(ahead))
+    for name in (
+        ".checkpoint.pt.k2j4_x9a.tmp",
+        ".history.json.abcdefgh.tmp",
+        ".epoch_0002.pt.q.tmp",
+    ):
+        (tmp_path / name).write_bytes(b"partial")
+    (tmp_path / "notes.tmp").write_text("not ours")
+    seen: list[object] = []
+
+    def look(info: StepInfo) -> None:
+        if not seen:
+            seen.append(sorted(p.name for p in tmp_path.iterdir()))
+            seen.append(json.loads((tmp_path / HISTORY_NAME).read_text()))
+
+    pretrain(_model(), data, settings, tmp_path, resume=True, callback=look)
+    assert seen == [["checkpoint.pt", HISTORY_NAME, "notes.tmp"], state["history"]]
+
+
+@pytest.mark.slow
+def test_kill_9_inside_a_checkpoint_write_then_resume(data_root: Path, tmp_path: Path) -> None:
+    """A real kill -9 halfway through writing the second checkpoint (CLI, own process)."""
+    args = ["pretrain", "--preset", "tiny", "--data-dir", str(data_root), "--epochs", "3"]
+    args += ["--batch-size", str(BATCH), "--device", "cpu", "--out", str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    run = [sys.executable, str(FAULTY)]
+    killed = subprocess.run([*run, "--sigkill-in-write", "2", "--", *args], env=env, timeout=240)
+    assert killed.returncode == -signal.SIGKILL
+    assert len(list(tmp_path.glob(".checkpoint.pt.*.tmp"))) == 1  # what the kill left
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 6  # history.json is never ahead of the checkpoint:
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == state["history"]
+    resumed = subprocess.run([*run, "--", *args, "--resume"], env=env, timeout=240)
+    assert resumed.returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", HISTORY_NAME]
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert state["step"] == 18 and len(state["history"]) == 3
+    assert json.loads((tmp_path / HISTORY_NAME).read_text()) == state["history"]
+
+
+def test_an_out_dir_that_is_a_file_is_refused_before_training(
+    data: CIFAR10, tmp_path: Path
+) -> None:
+    """Issue 15 item 6: outputs known to be wrong are refused before any work."""
+    file = tmp_path / "run.txt"
+    file.write_text("not a folder")
+    steps: list[StepInfo] = []
+    for out in (file, file / "inside"):
+        with pytest.raises(ValueError, match=str(out).replace("\\", "\\\\")):
+            pretrain(_model(), data, _settings(), out, callback=steps.append)
+    assert steps == [] and file.read_text() == "not a folder"
 
 
 def test_resume_refuses_another_model_config_or_settings(data: CIFAR10, tmp_path: Path) -> None:
@@ -327,16 +556,18 @@ def test_torchrun_two_processes_with_gloo(data_root: Path, tmp_path: Path) -> No
     """Two CPU processes (gloo): a SIGTERM at step 3 stops both at that step with one checkpoint,
     and --resume finishes the epoch. (torchrun itself exits 1 when a worker exits 143.)"""
     out = tmp_path / "ddp"
-    command = [
+    torchrun = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        "-m", "mae_tutorial", "pretrain", "--preset", "tiny", "--data-dir", str(data_root),
-        "--subset", "200", "--epochs", "1", "--batch-size", "40", "--device", "cpu",
-        "--out", str(out),
     ]  # fmt: skip
+    args = [
+        "pretrain", "--preset", "tiny", "--data-dir", str(data_root), "--subset", "200",
+        "--epochs", "1", "--batch-size", "40", "--device", "cpu", "--out", str(out),
+    ]  # fmt: skip
+    command = [*torchrun, "-m", "mae_tutorial", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     stopped = subprocess.run(
-        [*command, "--debug-stop-after-steps", "3"], capture_output=True, text=True, timeout=240,
-        env=env,
+        [*torchrun, str(FAULTY), "--sigterm-at-step", "3", "--", *args],
+        capture_output=True, text=True, timeout=240, env=env,
     )  # fmt: skip
     assert stopped.returncode == 1 and "exitcode  : 143" in stopped.stderr, stopped.stderr
     assert load_checkpoint(out / "checkpoint.pt")["step"] == 3
