@@ -127,7 +127,9 @@ def setup_notebook(seed: int = 0) -> NotebookSetup:
     quick = is_quick()
     torch.manual_seed(seed)
     use_png_figures()
-    return NotebookSetup(device=resolve_device("auto"), quick=quick, data_root=notebook_data_root(quick))
+    return NotebookSetup(
+        device=resolve_device("auto"), quick=quick, data_root=notebook_data_root(quick)
+    )
 
 
 def execute_notebook(path: str | Path, kernel_name: str = "python3") -> None:

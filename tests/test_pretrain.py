@@ -1,9 +1,10 @@
-"""Tests of the pretraining loop: schedule, parameter groups, learning, exact resume after a
-signal, a non-finite loss, refusal of mismatched checkpoints, and torchrun with two processes."""
+"""Tests of the pretraining runner: learning, exact resume after a signal, what a non-finite loss,
+a diverged state, a second signal, a full disk or a kill -9 in a write leave behind, refusal of
+mismatched checkpoints and bad outputs, and torchrun with two processes. (Chapter 7's parts the
+runner drives are tested in test_training.py and test_augment.py.)"""
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -16,10 +17,9 @@ import pytest
 import torch
 
 import mae_tutorial.pretrain as runner
-from mae_tutorial.augment import random_resized_crop_flip
 from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import CIFAR10, DeviceLoader, load_cifar10, make_synthetic_cifar
+from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
 from mae_tutorial.masking import random_masking
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import (
@@ -33,11 +33,7 @@ from mae_tutorial.pretrain import (
     pretrain,
 )
 from mae_tutorial.training import (
-    check_masking,
-    lr_at,
     masking_noise,
-    param_groups,
-    train_epoch,
 )
 
 FAULTY = Path(__file__).with_name("faulty_pretrain.py")  # the CLI with injected faults
@@ -113,41 +109,7 @@ def test_settings_round_trip_through_a_dict() -> None:
         TrainSettings.from_dict({"epochs": 1, "lr": 0.1})
 
 
-# ------------------------------------------------------------------ schedule and parameter groups
-
-
-def test_lr_schedule_warms_up_linearly_then_follows_a_cosine() -> None:
-    total, warmup, peak, low = 100, 10, 1e-3, 1e-5
-    lrs = [lr_at(s, total, warmup, peak, low) for s in range(total + 1)]
-    assert lrs[0] == 0.0
-    assert lrs[5] == pytest.approx(peak / 2)  # linear
-    assert all(b > a for a, b in zip(lrs[:warmup], lrs[1 : warmup + 1]))
-    assert lrs[warmup] == pytest.approx(peak) and max(lrs) == lrs[warmup]  # peak ends the warmup
-    assert lrs[55] == pytest.approx((peak + low) / 2)  # the cosine's midpoint
-    assert all(b < a for a, b in zip(lrs[warmup:total], lrs[warmup + 1 :]))
-    assert lrs[total] == pytest.approx(low)
-    assert lrs[total - 1] == pytest.approx(low + (peak - low) * (1 - math.cos(math.pi / 90)) / 2)
-    assert lr_at(0, 10, 0, peak, low) == peak  # no warmup: start at the peak
-
-
-def test_no_weight_decay_on_norms_biases_and_tokens() -> None:
-    model = _model()
-    decay, no_decay = param_groups(model, 0.05)
-    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
-    names = {id(p): n for n, p in model.named_parameters()}
-    decayed = {names[id(p)] for p in decay["params"]}
-    kept = {names[id(p)] for p in no_decay["params"]}
-    assert decayed | kept == set(names.values()) and not decayed & kept
-    assert {"encoder.cls_token", "decoder.mask_token"} <= kept
-    assert all(n.endswith(("bias", "token")) or "norm" in n for n in kept)
-    assert all(p.ndim >= 2 for p in decay["params"])
-    assert "encoder.patch_embed.proj.weight" in decayed and "decoder.pred.weight" in decayed
-
-
-def test_masking_noise_depends_only_on_seed_and_step() -> None:
-    assert torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 7))
-    assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 0, 8))
-    assert not torch.equal(masking_noise(4, 16, 0, 7), masking_noise(4, 16, 1, 7))
+# ------------------------------------------------------------------------------- masking kinds
 
 
 @pytest.mark.parametrize("kind", ["random", "block", "grid"])
@@ -179,15 +141,6 @@ def test_block_masking_removes_connected_blocks_and_grid_one_patch_per_cell() ->
         return float((m[..., :-1] * m[..., 1:]).sum() / m[..., :-1].sum())
 
     assert both(block) > both(uniform) + 0.15
-
-
-def test_grid_masking_refuses_other_ratios_and_grids() -> None:
-    with pytest.raises(ValueError, match=r"grid masking .*mask_ratio=0.75.*got mask_ratio=0.5"):
-        check_masking("grid", 64, 0.5)
-    with pytest.raises(ValueError, match="divisible by 2"):
-        check_masking("grid", 49, 0.75)
-    with pytest.raises(ValueError, match=r"masking must be one of .*'stripes'"):
-        masking_noise(2, 64, 0, 0, kind="stripes")
 
 
 # ------------------------------------------------------------------------------------ training
@@ -234,32 +187,6 @@ def test_resume_after_sigterm_gives_identical_weights(
     assert sorted(p.name for p in (tmp_path / "stopped").glob("epoch_*.pt")) == [
         "epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt",
     ]  # fmt: skip
-
-
-def test_chapter_7_loop_and_the_runner_give_the_same_losses(data: CIFAR10, tmp_path: Path) -> None:
-    """The runner drives chapter 7's own functions: same seed, same losses, bit for bit."""
-    settings = _settings(epochs=2)
-    steps: list[StepInfo] = []
-    pretrain(_model(), data, settings, tmp_path, callback=steps.append)
-    model = _model()
-    loader = DeviceLoader(
-        data.train_images, data.train_labels, BATCH, augment=random_resized_crop_flip, seed=0
-    )
-    n = len(loader)
-    schedule = functools.partial(
-        lr_at, total_steps=n * 2, warmup_steps=n, peak_lr=settings.lr, min_lr=0.0
-    )
-    L = model.config.num_patches
-    optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=settings.lr, betas=(0.9, 0.95))
-    losses: list[float] = []
-    for epoch in range(2):
-        loader.set_epoch(epoch)
-        losses += train_epoch(
-            model, loader, optimizer, schedule=schedule, first_step=epoch * n,
-            noise_fn=lambda step, batch: masking_noise(batch, L, 0, step),
-        )  # fmt: skip
-    assert [s.loss for s in steps] == losses and len(losses) == 12
-    assert _same_weights(model.state_dict(), load_checkpoint(tmp_path / "checkpoint.pt")["model"])
 
 
 def test_losses_are_read_back_without_a_device_sync_per_step(
