@@ -296,10 +296,9 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(
-                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            what = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else images
+            raise TypeError(f"images must be a uint8 (N, C, H, W) tensor, got {what!r:.80}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if not 0 <= rank < world_size:

@@ -1,24 +1,19 @@
 """The robust runner around chapter 7's loop: settings, checkpoints, exact resume, signals, history.
 
-Each step is chapter 7's `training.train_step`, with its schedule, parameter groups, masking noise
-and augmentation; device, precision and seeds come from `runtime`. What a real run adds:
-
-- exact resume: every random draw comes from a generator seeded afresh from (seed, step) (data
-  order and augmentation in `DeviceLoader`, masking noise); the global RNG state is stored too.
-- no device sync per step: losses stay on the device, are read back every `SYNC_EVERY` steps and
-  at epoch ends, and a non-finite one is caught before anything is saved.
-- nothing written is worse than what was there: a checkpoint only of finite weights whose loss is
-  finite; atomic writes; history.json after the checkpoint, rewritten from it on resume; stray
-  temporaries removed at the next start.
-- a first SIGINT/SIGTERM stops at the next step boundary after a checkpoint, a second at once.
-- torchrun: DistributedDataParallel, one shard per process; only rank 0 writes and shows progress.
+Each step is chapter 7's `training.train_step` with its schedule, parameter groups, masking noise
+and augmentation; device, precision and seeds come from `runtime`. What a real run adds: exact
+resume (every random draw is seeded afresh from (seed, step), the global RNG state is stored);
+losses read back from the device in groups, not every step, yet checked before anything is saved;
+nothing written worse than what was there (checkpoints only of finite weights with a finite loss,
+atomic writes, history.json after the checkpoint and rewritten from it on resume, stray
+temporaries removed at the next start, write errors as one line); a first SIGINT/SIGTERM stops at
+the next step after a checkpoint, a second at once; torchrun (one shard per process, rank 0 writes).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import re
 import signal
 import threading
@@ -58,64 +53,52 @@ _OUR_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|history\.json|epoch_\d+\.pt)\.\
 class TrainSettings:
     """How to pretrain: the optimiser, the schedule, precision, device and checkpointing.
 
-    Args:
-        epochs: passes over the (sub)set.
-        batch_size: images per optimiser step, in total over all processes.
-        base_lr: the lr per 256 images; the peak lr is `base_lr * batch_size / 256` (the paper's
-            linear scaling rule).
-        weight_decay: AdamW's decoupled weight decay on weight matrices (see `param_groups`).
-        betas: AdamW's betas; the paper's 0.95 (not 0.999) keeps large-batch ViT training stable.
-        warmup_epochs: epochs of linear warmup from 0 to the peak lr (fractions allowed); None
-            means 10% of `epochs` (the paper's 5% is harsh on short runs at a high lr).
-        min_lr: the lr the cosine decay ends at.
-        amp: mixed precision, one of `runtime.AMP_MODES` (see `runtime.autocast_dtype`).
-        compile: wrap the model in `torch.compile`.
-        seed: seeds the data order, the augmentation and the masking noise.
-        checkpoint_every: write `checkpoint.pt` after every this many epochs (and after the last).
-        keep_snapshots: also keep a copy `epoch_XXXX.pt` of each of those checkpoints.
-        subset: train on the first `subset` training images only; None for all of them.
-        device: "auto" (CUDA, then MPS, then CPU) or a torch device string such as "cuda:1".
-        masking: how removed patches are sampled, one of `MASKING_KINDS`.
+    The peak lr is `base_lr * batch_size / 256` (the paper's linear scaling rule); the lr rises
+    linearly from 0 over `warmup_epochs`, then follows a cosine down to `min_lr`.
     """
 
-    epochs: int = 200
-    batch_size: int = 256
-    # 10x the paper's 1.5e-4 (its batch of 4096 gives an absolute lr of 2.4e-3; at batch 256 the
-    # linear rule's 1.5e-4 learns far too slowly in a CIFAR run). Measured on the `cpu` preset,
-    # 5000 real images, 6 epochs, batch 256: final loss 0.826 at 1.5e-4, 0.798 at 1.5e-3, 0.787
-    # at 4e-3; 1.5e-3 takes most of the gain, well below the paper's absolute lr.
+    epochs: int = 200  # passes over the (sub)set
+    batch_size: int = 256  # images per optimiser step, in total over all processes
+    # The lr per 256 images: 10x the paper's 1.5e-4, which at batch 256 (not its 4096) learns far
+    # too slowly for a CIFAR run. On the `cpu` preset, 5000 real images, 6 epochs, batch 256: final
+    # loss 0.826 at 1.5e-4, 0.798 at 1.5e-3, 0.787 at 4e-3. Still below the paper's absolute lr.
     base_lr: float = 1.5e-3
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_epochs: float | None = None
-    min_lr: float = 0.0
-    amp: str = "auto"
-    compile: bool = False
-    seed: int = 0
-    checkpoint_every: int = 1
-    keep_snapshots: bool = False
-    subset: int | None = None
-    device: str = "auto"
-    masking: str = "random"
+    weight_decay: float = 0.05  # AdamW's, on weight matrices only (`param_groups`)
+    betas: tuple[float, float] = (0.9, 0.95)  # the paper's 0.95 keeps large-batch ViTs stable
+    warmup_epochs: float | None = None  # fractions allowed; None: 10% of `epochs` (paper: 5%)
+    min_lr: float = 0.0  # where the cosine ends
+    amp: str = "auto"  # one of `runtime.AMP_MODES`, see `runtime.autocast_dtype`
+    compile: bool = False  # wrap the model in `torch.compile`
+    seed: int = 0  # seeds the data order, the augmentation and the masking noise
+    checkpoint_every: int = 1  # epochs between writes of `checkpoint.pt` (the last one always)
+    keep_snapshots: bool = False  # also keep each of those as `epoch_XXXX.pt`
+    subset: int | None = None  # train on the first `subset` training images only
+    device: str = "auto"  # CUDA, then MPS, then the CPU; or a device such as "cuda:1"
+    masking: str = "random"  # how removed patches are sampled, one of `MASKING_KINDS`
 
     def __post_init__(self) -> None:
-        for name, low in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("seed", 0)):
-            _check_int(name, getattr(self, name), low)
-        if self.subset is not None:
-            _check_int("subset", self.subset, 1)
+        ints = {"epochs": 1, "batch_size": 1, "checkpoint_every": 1, "seed": 0, "subset": 1}
+        for name, low in ints.items():
+            value = getattr(self, name)
+            whole = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            if not whole and not (name == "subset" and value is None):
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         for name in ("base_lr", "weight_decay", "min_lr"):
             value, low = getattr(self, name), "> 0" if name == "base_lr" else ">= 0"
             number = isinstance(value, (int, float)) and not isinstance(value, bool)
             if not number or not math.isfinite(value) or value < 0 or (low == "> 0" and not value):
                 raise ValueError(f"{name} must be a finite number {low}, got {value!r}")
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         object.__setattr__(self, "betas", (float(betas[0]), float(betas[1])))
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr={self.min_lr} exceeds the peak lr {self.lr} (base_lr="
                              f"{self.base_lr} * batch_size={self.batch_size} / 256)")  # fmt: skip
-        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs <= self.epochs:
+        warmup = self.warmup_epochs
+        if warmup is not None and not (
+            isinstance(warmup, (int, float)) and 0 <= warmup <= self.epochs
+        ):
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got "
                              f"{self.warmup_epochs!r}")  # fmt: skip
         for name, allowed in (("masking", MASKING_KINDS), ("amp", runtime.AMP_MODES)):
@@ -151,11 +134,6 @@ class TrainSettings:
         if unknown := sorted(set(values) - known):
             raise ValueError(f"unknown TrainSettings fields {unknown}; expected {sorted(known)}")
         return cls(**values)
-
-
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -253,29 +231,13 @@ class _StopFlag:
         self._previous.clear()
 
 
-def _training_images(data: CIFAR10 | torch.Tensor, subset: int | None) -> torch.Tensor:
-    images = data.train_images if isinstance(data, CIFAR10) else data
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
-        what = f" {images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else ""
-        raise TypeError(f"data must be a CIFAR10 or a uint8 (N, C, H, W) tensor, got "
-                        f"{type(images).__name__}{what}")  # fmt: skip
-    if subset is not None and subset > len(images):
-        raise ValueError(f"subset={subset} exceeds the {len(images)} training images")
-    return images[:subset]  # (N, C, H, W) uint8
-
-
 def _output_folder(out_dir: str | Path) -> Path:
-    """`out_dir`, created if missing; a `ValueError` naming it if it cannot hold checkpoints."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out_dir {str(out)!r} is a file; expected a folder for the checkpoints")
+    """`out_dir`, created if missing; a `ValueError` naming it if it cannot be a folder."""
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"out_dir {str(out)!r} cannot be created: {err.strerror}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"out_dir {str(out)!r} is not writable")
-    return out
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, ...
+        raise ValueError(f"out_dir {str(out_dir)!r} cannot be a folder: {err.strerror}") from None
+    return Path(out_dir)
 
 
 def _write(save: Callable[[Path, Any], Path], path: Path, value: Any) -> None:
@@ -285,7 +247,7 @@ def _write(save: Callable[[Path, Any], Path], path: Path, value: Any) -> None:
     except OSError as err:
         raise CheckpointWriteError(
             f"could not write {path}: {err.strerror or err}; the files already in {path.parent} "
-            "are intact: make room, then continue with resume=True (--resume)"
+            "are intact; once that is fixed, continue with resume=True (--resume)"
         ) from None
 
 
@@ -350,45 +312,49 @@ def pretrain(
     """
     if not isinstance(getattr(model, "config", None), MAEConfig):
         raise TypeError(f"model must be a MaskedAutoencoder, got {type(model).__name__}")
-    images = _training_images(data, settings.subset)
-    out = _output_folder(out_dir)
+    images = data.train_images if isinstance(data, CIFAR10) else data  # (N, C, H, W) uint8
+    if settings.subset is not None and settings.subset > len(images):
+        raise ValueError(f"subset={settings.subset} exceeds the {len(images)} training images")
+    images, out = images[: settings.subset], _output_folder(out_dir)
     device = runtime.resolve_device(settings.device, dist.env_local_rank())
     dtype = runtime.autocast_dtype(settings.amp, device)
-    run = _Run(model, images, settings, out, device, dtype)
+    info, stop = dist.init_distributed(device.type), _StopFlag(out)
     try:
-        run.stop.install()
-        return run.train(resume, overwrite, callback)
+        stop.install()
+        return _Run(model, images, settings, out, device, dtype, info, stop).train(
+            resume, overwrite, callback
+        )
     finally:
-        run.stop.restore()
-        dist.cleanup_distributed(run.info)
+        stop.restore()
+        dist.cleanup_distributed(info)
 
 
 class _Run:
     """The state of one call to `pretrain` (model, optimiser, loader, bookkeeping)."""
 
-    def __init__(self, model: MaskedAutoencoder, images: torch.Tensor, settings: TrainSettings,
-                 out_dir: Path, device: torch.device, dtype: torch.dtype | None) -> None:  # fmt: skip
-        self.info = info = dist.init_distributed(device.type)
-        per_rank, shard = settings.batch_size // info.world_size, len(images) // info.world_size
-        if settings.batch_size % info.world_size:
-            raise ValueError(f"batch_size={settings.batch_size} must be divisible by the "
+    def __init__(self, model: MaskedAutoencoder, images: torch.Tensor, s: TrainSettings,
+                 out_dir: Path, device: torch.device, dtype: torch.dtype | None,
+                 info: dist.DistInfo, stop: _StopFlag) -> None:  # fmt: skip
+        per_rank, shard = s.batch_size // info.world_size, len(images) // info.world_size
+        if s.batch_size % info.world_size:
+            raise ValueError(f"batch_size={s.batch_size} must be divisible by the "
                              f"{info.world_size} processes")  # fmt: skip
         if per_rank > shard:
-            raise ValueError(f"batch_size={settings.batch_size} exceeds the {len(images)} training "
+            raise ValueError(f"batch_size={s.batch_size} exceeds the {len(images)} training "
                              f"images (per process: {per_rank} > {shard})")  # fmt: skip
-        check_masking(settings.masking, model.config.num_patches, model.config.mask_ratio)
-        self.model, self.settings, self.out_dir = model.to(device), settings, out_dir
-        self.device, self.dtype, self.stop = device, dtype, _StopFlag(out_dir)
+        check_masking(s.masking, model.config.num_patches, model.config.mask_ratio)
+        self.model, self.settings, self.out_dir = model.to(device), s, out_dir
+        self.device, self.dtype, self.info, self.stop = device, dtype, info, stop
         self.loader = DeviceLoader(
             images, torch.zeros(len(images), dtype=torch.int64),  # labels are not used
-            per_rank, shuffle=True, drop_last=True, augment=random_resized_crop_flip,
-            device=device, seed=settings.seed, rank=info.rank, world_size=info.world_size,
+            per_rank, augment=random_resized_crop_flip, device=device, seed=s.seed,
+            rank=info.rank, world_size=info.world_size,
         )  # fmt: skip
         self.steps_per_epoch = len(self.loader)
-        self.total_steps = self.steps_per_epoch * settings.epochs
-        self.warmup_steps = round(settings.warmup * self.steps_per_epoch)
-        self.optimizer = make_optimizer(model, settings)
-        use_scaler = runtime.needs_grad_scaler(dtype)
+        self.total_steps = self.steps_per_epoch * s.epochs
+        self.warmup_steps = round(s.warmup * self.steps_per_epoch)
+        self.optimizer = make_optimizer(model, s)
+        use_scaler = runtime.needs_grad_scaler(dtype)  # fp16 only
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
         self.step, self.history, self.last_loss = 0, [], float("nan")
         self.partial = {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
@@ -397,11 +363,11 @@ class _Run:
         self.good: tuple[Path, int] | None = None  # the last checkpoint known good, its step
 
     def _prepare(self, resume: bool, overwrite: bool) -> None:
-        if self.info.is_main:  # what a kill -9 during a write left behind
-            for path in self.out_dir.iterdir():
-                if _OUR_TEMPORARY.match(path.name):
-                    path.unlink(missing_ok=True)
-        existing = ckpt.latest_checkpoint(self.out_dir)
+        out, main = self.out_dir, self.info.is_main
+        for path in out.iterdir() if main else ():  # what a kill -9 during a write left
+            if _OUR_TEMPORARY.match(path.name):
+                path.unlink(missing_ok=True)
+        existing = ckpt.latest_checkpoint(out)
         if existing is not None and resume:
             state = ckpt.load_checkpoint(existing, expected_config=self.model.config)
             _check_resumable(state, self.settings, self.steps_per_epoch, existing)
@@ -414,23 +380,19 @@ class _Run:
             torch.set_rng_state(state["rng"]["torch"])
             if state["rng"]["cuda"] and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-            if self.info.is_main:  # the checkpoint's own history is the truth
-                _write(ckpt.save_json, self.out_dir / HISTORY_NAME, self.history)
-            return
-        if existing is not None and not overwrite:
+        elif existing is not None and not overwrite:
             raise ValueError(
-                f"{self.out_dir} already holds a checkpoint ({existing.name}); resume it "
-                "(resume=True, --resume), overwrite it (overwrite=True, --overwrite), or choose "
-                "another folder"
+                f"{out} already holds a checkpoint ({existing.name}); resume it (resume=True, "
+                "--resume), overwrite it (overwrite=True, --overwrite), or choose another folder"
             )
-        if existing is not None and self.info.is_main:
-            for path in self.out_dir.iterdir():
-                if path.name in (ckpt.LATEST_NAME, HISTORY_NAME) or re.match(
-                    r"epoch_\d+\.pt$", path.name
-                ):
+        else:
+            for path in out.iterdir() if main and existing is not None else ():
+                if path.name == ckpt.LATEST_NAME or re.match(r"epoch_\d+\.pt$", path.name):
                     path.unlink()
+            torch.manual_seed(runtime.mix_seed(self.settings.seed, 1))
+        if main:  # the checkpoint's own history (a first write also shows the folder is writable)
+            _write(ckpt.save_json, out / HISTORY_NAME, self.history)
         dist.barrier(self.info)
-        torch.manual_seed(runtime.mix_seed(self.settings.seed, 1))
 
     def _settle(self) -> None:
         """Read the pending losses back (one device sync) into the epoch's sums; stop at the
@@ -459,6 +421,7 @@ class _Run:
 
     def _diverged(self, step: int, value: float, detail: str) -> NoReturn:
         epoch, index = divmod(step - 1, self.steps_per_epoch)
+        # A checkpoint whose very next step diverges cannot be resumed: it is not a good one.
         good = self.good if self.good is not None and step > self.good[1] + 1 else None
         where = "there is no good checkpoint yet"
         if good is not None:
@@ -491,19 +454,12 @@ class _Run:
             _write(ckpt.save_checkpoint, path, state)
             if snapshot:
                 _write(
-                    ckpt.save_checkpoint, self.out_dir / ckpt.snapshot_name(state["epoch"]), state
+                    ckpt.save_checkpoint, path.with_name(ckpt.snapshot_name(state["epoch"])), state
                 )
             _write(ckpt.save_json, self.out_dir / HISTORY_NAME, self.history)
         dist.barrier(self.info)
         self.good = (path, self.step)
         return path
-
-    def _stop_requested(self) -> bool:
-        if not self.info.enabled:
-            return self.stop.signum is not None
-        # Every process must stop at the same step, also when only some got the signal.
-        flag = torch.tensor([float(self.stop.signum is not None)], device=self.device)
-        return bool(dist.all_reduce_sum(flag, self.info).item() > 0)
 
     def _end_epoch(self, lr: float) -> None:
         p, self.partial = self.partial, {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
@@ -515,10 +471,7 @@ class _Run:
 
     def train(self, resume: bool, overwrite: bool, callback: Callable[[StepInfo], None] | None):
         self._prepare(resume, overwrite)
-        net: nn.Module = self.model
-        if self.info.enabled:
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            net = nn.parallel.DistributedDataParallel(net, device_ids=ids, broadcast_buffers=False)
+        net = dist.wrap(self.model, self.device, self.info)
         net = (torch.compile(net) if self.settings.compile else net).train()
         s, world, config = self.settings, self.info.world_size, self.model.config
         bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step",
@@ -533,18 +486,11 @@ class _Run:
                 tic = time.perf_counter()
                 x, _ = next(batches)  # (B, C, H, W) normalised and augmented, on the device
                 lr = lr_at(self.step, self.total_steps, self.warmup_steps, s.lr, s.min_lr)
-                noise = masking_noise(
-                    x.shape[0],
-                    config.num_patches,
-                    s.seed,
-                    self.step,
-                    self.info.rank,
-                    s.masking,
-                    config.mask_ratio,
-                )  # (B, L)
-                noise = noise.to(self.device)
+                noise = masking_noise(x.shape[0], config.num_patches, s.seed, self.step,
+                                      self.info.rank, s.masking, config.mask_ratio)  # fmt: skip
+                noise = noise.to(self.device)  # (B, L)
                 loss = training.train_step(net, x, noise, self.optimizer, lr, scaler=self.scaler,
-                                  autocast_dtype=self.dtype)  # fmt: skip
+                                           autocast_dtype=self.dtype)  # fmt: skip
                 total = dist.all_reduce_sum(loss.float().reshape(1).clone(), self.info)  # (1,)
                 self.pending.append(total)
                 self.step, self.last = self.step + 1, (x, noise)
@@ -566,7 +512,8 @@ class _Run:
                     done = self.step // self.steps_per_epoch
                     if done % s.checkpoint_every == 0 or done == s.epochs:
                         saved = self._save(s.keep_snapshots)
-                if self.step < self.total_steps and self._stop_requested():
+                stop = dist.any_process(self.stop.signum is not None, self.info, self.device)
+                if stop and self.step < self.total_steps:
                     saved = saved or self._save(snapshot=False)
                     raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
         finally:
