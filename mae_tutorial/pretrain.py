@@ -12,13 +12,14 @@ the next step after a checkpoint, a second at once; torchrun (one shard per proc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import re
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -208,36 +209,23 @@ def make_optimizer(
     return torch.optim.AdamW(groups, lr=settings.lr, betas=settings.betas, fused=fused)
 
 
-class _StopFlag:
-    """SIGINT and SIGTERM: the first sets a flag the loop reads after each step, a second raises."""
+@contextlib.contextmanager
+def _signals(received: list[int], out_dir: Path) -> Iterator[None]:
+    """SIGINT and SIGTERM inside: the first is noted in `received` (the loop stops at the next step
+    boundary), a second raises `TrainingAborted` at once. Only the main thread can set handlers."""
 
-    def __init__(self, out_dir: Path) -> None:
-        self.signum: int | None = None
-        self.out_dir, self._previous = out_dir, {}
+    def handle(signum: int, frame: Any) -> None:
+        if received:
+            raise TrainingAborted(signum, out_dir)
+        received.append(signum)
 
-    def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():  # only it may set handlers
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            raise TrainingAborted(signum, self.out_dir)
-        self.signum = signum
-
-    def restore(self) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        self._previous.clear()
-
-
-def _output_folder(out_dir: str | Path) -> Path:
-    """`out_dir`, created if missing; a `ValueError` naming it if it cannot be a folder."""
+    main = threading.current_thread() is threading.main_thread()
+    previous = {n: signal.signal(n, handle) for n in (signal.SIGINT, signal.SIGTERM) if main}
     try:
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # a file in the way, no permission, ...
-        raise ValueError(f"out_dir {str(out_dir)!r} cannot be a folder: {err.strerror}") from None
-    return Path(out_dir)
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
 
 
 def _write(save: Callable[[Path, Any], Path], path: Path, value: Any) -> None:
@@ -299,13 +287,9 @@ def pretrain(
         epoch), `lr` (of its last step), `time` (seconds) and `images_per_s`.
 
     Raises:
-        ValueError: bad settings for this data or device; `out_dir` is a file, cannot be made, or
-            holds a checkpoint while neither `resume` nor `overwrite` is set; the checkpoint
-            does not match.
-        NonFiniteLossError: a loss, or the weights about to be saved, became NaN or infinite.
-        TrainingInterrupted: a SIGINT or SIGTERM arrived (after the checkpoint was written).
-        TrainingAborted: a second one arrived (a KeyboardInterrupt: stopped at once).
-        CheckpointWriteError: a checkpoint or history.json could not be written.
+        ValueError: bad settings for this data or device; `out_dir` cannot be a folder, or holds a
+            checkpoint while neither `resume` nor `overwrite` is set; the checkpoint differs.
+        NonFiniteLossError, TrainingInterrupted, TrainingAborted, CheckpointWriteError: see each.
 
     Shapes:
         data: (N, C, H, W) uint8 images (or a CIFAR10 holding them).
@@ -315,17 +299,18 @@ def pretrain(
     images = data.train_images if isinstance(data, CIFAR10) else data  # (N, C, H, W) uint8
     if settings.subset is not None and settings.subset > len(images):
         raise ValueError(f"subset={settings.subset} exceeds the {len(images)} training images")
-    images, out = images[: settings.subset], _output_folder(out_dir)
+    try:
+        (out := Path(out_dir)).mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, ...
+        raise ValueError(f"out_dir {str(out_dir)!r} cannot be a folder: {err.strerror}") from None
     device = runtime.resolve_device(settings.device, dist.env_local_rank())
     dtype = runtime.autocast_dtype(settings.amp, device)
-    info, stop = dist.init_distributed(device.type), _StopFlag(out)
+    info, received = dist.init_distributed(device.type), []
     try:
-        stop.install()
-        return _Run(model, images, settings, out, device, dtype, info, stop).train(
-            resume, overwrite, callback
-        )
+        run = _Run(model, images[: settings.subset], settings, out, device, dtype, info, received)
+        with _signals(received, out):
+            return run.train(resume, overwrite, callback)
     finally:
-        stop.restore()
         dist.cleanup_distributed(info)
 
 
@@ -334,7 +319,7 @@ class _Run:
 
     def __init__(self, model: MaskedAutoencoder, images: torch.Tensor, s: TrainSettings,
                  out_dir: Path, device: torch.device, dtype: torch.dtype | None,
-                 info: dist.DistInfo, stop: _StopFlag) -> None:  # fmt: skip
+                 info: dist.DistInfo, received: list[int]) -> None:  # fmt: skip
         per_rank, shard = s.batch_size // info.world_size, len(images) // info.world_size
         if s.batch_size % info.world_size:
             raise ValueError(f"batch_size={s.batch_size} must be divisible by the "
@@ -344,7 +329,7 @@ class _Run:
                              f"images (per process: {per_rank} > {shard})")  # fmt: skip
         check_masking(s.masking, model.config.num_patches, model.config.mask_ratio)
         self.model, self.settings, self.out_dir = model.to(device), s, out_dir
-        self.device, self.dtype, self.info, self.stop = device, dtype, info, stop
+        self.device, self.dtype, self.info, self.received = device, dtype, info, received
         self.loader = DeviceLoader(
             images, torch.zeros(len(images), dtype=torch.int64),  # labels are not used
             per_rank, augment=random_resized_crop_flip, device=device, seed=s.seed,
@@ -512,10 +497,11 @@ class _Run:
                     done = self.step // self.steps_per_epoch
                     if done % s.checkpoint_every == 0 or done == s.epochs:
                         saved = self._save(s.keep_snapshots)
-                stop = dist.any_process(self.stop.signum is not None, self.info, self.device)
+                stop = dist.any_process(bool(self.received), self.info, self.device)
                 if stop and self.step < self.total_steps:
                     saved = saved or self._save(snapshot=False)
-                    raise TrainingInterrupted(self.stop.signum or signal.SIGTERM, self.step, saved)
+                    signum = self.received[0] if self.received else signal.SIGTERM  # another's
+                    raise TrainingInterrupted(signum, self.step, saved)
         finally:
             bar.close()
         return self.history
