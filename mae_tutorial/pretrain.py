@@ -60,9 +60,8 @@ class TrainSettings:
 
     epochs: int = 200  # passes over the (sub)set
     batch_size: int = 256  # images per optimiser step, in total over all processes
-    # The lr per 256 images: 10x the paper's 1.5e-4, which at batch 256 (not its 4096) learns far
-    # too slowly for a CIFAR run. On the `cpu` preset, 5000 real images, 6 epochs, batch 256: final
-    # loss 0.826 at 1.5e-4, 0.798 at 1.5e-3, 0.787 at 4e-3. Still below the paper's absolute lr.
+    # Per 256 images: 10x the paper's 1.5e-4 (set for batch 4096), too slow for CIFAR. On the `cpu`
+    # preset, 5000 images, 6 epochs, batch 256: loss 0.826 at 1.5e-4, 0.798 at 1.5e-3, 0.787 at 4e-3
     base_lr: float = 1.5e-3
     weight_decay: float = 0.05  # AdamW's, on weight matrices only (`param_groups`)
     betas: tuple[float, float] = (0.9, 0.95)  # the paper's 0.95 keeps large-batch ViTs stable
@@ -138,11 +137,8 @@ class TrainSettings:
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss, or that of the weights about to be saved, was not finite; none of it was saved.
-
-    The model is reset to the last good checkpoint when there is one. Attributes: `step` (1-based:
-    the first step whose loss was not finite), `loss`, `checkpoint` (the last good one, or None).
-    """
+    """A loss (`loss`, of 1-based step `step`) was not finite; nothing of that state was saved. The
+    model is reset to `checkpoint`, the last good checkpoint, when there is one (else None)."""
 
     def __init__(self, message: str, step: int, loss: float, checkpoint: Path | None) -> None:
         super().__init__(message)
@@ -150,10 +146,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TrainingInterrupted(Exception):
-    """A SIGINT or SIGTERM arrived; a checkpoint of the exact step reached was written first.
-
-    Attributes: `signum`, `step` (steps completed, the checkpoint's `step`), `checkpoint`.
-    """
+    """Signal `signum` arrived; `checkpoint` was written first, after `step` steps (resume it)."""
 
     def __init__(self, signum: int, step: int, checkpoint: Path) -> None:
         name = signal.Signals(signum).name
@@ -172,28 +165,20 @@ class TrainingAborted(KeyboardInterrupt):
 
 
 class CheckpointWriteError(OSError):
-    """A checkpoint or history.json could not be written (a full disk, say); the files already
-    there are intact. Its message is one line naming the file and the reason."""
+    """A checkpoint or history.json could not be written (one line: the file and why); the files
+    already there are intact."""
 
 
 @dataclass(frozen=True)
 class StepInfo:
-    """What `pretrain` tells its callback after every optimiser step.
+    """What `pretrain` tells its callback after every optimiser step."""
 
-    Attributes:
-        step: steps completed so far (1 after the first); `total_steps`: in the whole run.
-        epoch: 0-based epoch the step belonged to; `lr`: the learning rate it used.
-        images_per_s: throughput of the step over all processes (on a GPU, of queueing it, unless
-            the callback reads `loss`, which waits for the step to finish).
-        loss_tensor: the step's loss averaged over processes, (1,) on the device.
-    """
-
-    step: int
-    total_steps: int
-    epoch: int
-    lr: float
-    images_per_s: float
-    loss_tensor: torch.Tensor = dataclasses.field(repr=False)
+    step: int  # steps completed so far (1 after the first)
+    total_steps: int  # in the whole run
+    epoch: int  # 0-based epoch the step belonged to
+    lr: float  # the learning rate the step used
+    images_per_s: float  # over all processes (on a GPU, of queueing the step unless `loss` is read)
+    loss_tensor: torch.Tensor = dataclasses.field(repr=False)  # (1,) on the device, process mean
 
     @property
     def loss(self) -> float:
@@ -239,23 +224,6 @@ def _write(save: Callable[[Path, Any], Path], path: Path, value: Any) -> None:
         ) from None
 
 
-def _check_resumable(
-    state: dict[str, Any], settings: TrainSettings, steps: int, path: Path
-) -> None:
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path} is not a pretraining checkpoint (kind={state.get('kind')!r})")
-    defaults = TrainSettings().to_dict()  # fields a checkpoint predates take their default
-    stored = {k: state["settings"].get(k, defaults[k]) for k in RUN_FIELDS}
-    if diffs := ckpt.config_differences(stored, {k: settings.to_dict()[k] for k in RUN_FIELDS}):
-        raise ValueError(
-            f"{path} was trained with different settings: {'; '.join(diffs)}. "
-            "Resume with the same settings, or start a new run in another folder"
-        )
-    if state["steps_per_epoch"] != steps:
-        raise ValueError(f"{path} has {state['steps_per_epoch']} steps per epoch, this run "
-                         f"{steps}: the data changed")  # fmt: skip
-
-
 def pretrain(
     model: MaskedAutoencoder,
     data: CIFAR10 | torch.Tensor,
@@ -275,16 +243,15 @@ def pretrain(
     Args:
         model: the MAE to train; moved to the device, updated in place.
         data: a `CIFAR10` (its training images are used) or a uint8 image tensor.
-        settings: the recipe.
         out_dir: the folder for `checkpoint.pt`, `epoch_XXXX.pt` and `history.json`.
-        resume: continue from the newest checkpoint in `out_dir` (start afresh if there is none).
-            The model config and the settings in `RUN_FIELDS` must match the checkpoint's.
+        resume: continue from the newest checkpoint in `out_dir` (start afresh if there is none);
+            the model config and the settings in `RUN_FIELDS` must match the checkpoint's.
         callback: called on every process after every step with a `StepInfo`.
         overwrite: start afresh even though `out_dir` holds a checkpoint, deleting it.
 
     Returns:
-        The history: one dict per epoch with `epoch` (1-based), `step`, `loss` (mean over the
-        epoch), `lr` (of its last step), `time` (seconds) and `images_per_s`.
+        The history, one dict per epoch: `epoch` (1-based), `step`, `loss` (the epoch's mean), `lr`
+        (of its last step), `time` (seconds) and `images_per_s`.
 
     Raises:
         ValueError: bad settings for this data or device; `out_dir` cannot be a folder, or holds a
@@ -355,7 +322,18 @@ class _Run:
         existing = ckpt.latest_checkpoint(out)
         if existing is not None and resume:
             state = ckpt.load_checkpoint(existing, expected_config=self.model.config)
-            _check_resumable(state, self.settings, self.steps_per_epoch, existing)
+            if state.get("kind") != CHECKPOINT_KIND:
+                kind = state.get("kind")
+                raise ValueError(f"{existing} is not a pretraining checkpoint ({kind=})")
+            stored = TrainSettings().to_dict() | state["settings"]  # fields it predates: default
+            stored["steps_per_epoch"] = state["steps_per_epoch"]  # the data must not change either
+            wanted = self.settings.to_dict() | {"steps_per_epoch": self.steps_per_epoch}
+            keys = (*RUN_FIELDS, "steps_per_epoch")
+            diffs = ckpt.config_differences(*[{k: d[k] for k in keys} for d in (stored, wanted)])
+            if diffs:
+                raise ValueError(f"{existing} was trained with different settings: "
+                                 f"{'; '.join(diffs)}. Resume with the same settings, or start a "
+                                 "new run in another folder")  # fmt: skip
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
             if state["scaler"] and self.scaler is not None:

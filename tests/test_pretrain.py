@@ -420,6 +420,8 @@ def test_resume_refuses_another_model_config_or_settings(data: CIFAR10, tmp_path
     assert "norm_pix_loss: checkpoint True, expected False" in str(info.value)
     with pytest.raises(ValueError, match="seed: checkpoint 0, expected 1"):
         pretrain(_model(), data, _settings(epochs=1, seed=1), tmp_path, resume=True)
+    with pytest.raises(ValueError, match="steps_per_epoch: checkpoint 6, expected 5"):  # other data
+        pretrain(_model(), data.train_images[:250], _settings(epochs=1), tmp_path, resume=True)
 
 
 def test_existing_run_is_neither_replaced_silently_nor_lost(data: CIFAR10, tmp_path: Path) -> None:
