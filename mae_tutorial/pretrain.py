@@ -47,6 +47,7 @@ RUN_FIELDS = (
     "subset", "masking",
 )  # fmt: skip
 # The temporaries `ckpt.save_checkpoint`/`save_json` leave when killed mid-write, and only those.
+_NEW_EPOCH = {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
 _OUR_TEMPORARY = re.compile(r"^\.(checkpoint\.pt|history\.json|epoch_\d+\.pt)\.\w+\.tmp$")
 
 
@@ -309,7 +310,7 @@ class _Run:
         use_scaler = runtime.needs_grad_scaler(dtype)  # fp16 only
         self.scaler = torch.amp.GradScaler(device.type) if use_scaler else None
         self.step, self.history, self.last_loss = 0, [], float("nan")
-        self.partial = {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
+        self.partial = dict(_NEW_EPOCH)  # sums over the epoch so far
         self.pending: list[torch.Tensor] = []  # (1,) losses summed over processes, not read yet
         self.last: tuple[torch.Tensor, torch.Tensor] | None = None  # the last step's x and noise
         self.good: tuple[Path, int] | None = None  # the last checkpoint known good, its step
@@ -401,13 +402,14 @@ class _Run:
         self._settle()
         self._check_state()
         path, cuda = self.out_dir / ckpt.LATEST_NAME, self.device.type == "cuda"
+        done = self.step // self.steps_per_epoch
         dist.barrier(self.info)
         if self.info.is_main:  # the checkpoint first: history.json never runs ahead of it
             state = {
                 "kind": CHECKPOINT_KIND, "format": 1, "model": self.model.state_dict(),
                 "config": self.model.config.to_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "step": self.step, "epoch": self.step // self.steps_per_epoch,
+                "step": self.step, "epoch": done,
                 "steps_per_epoch": self.steps_per_epoch, "world_size": self.info.world_size,
                 "settings": self.settings.to_dict(), "history": self.history,
                 "epoch_partial": dict(self.partial), "last_loss": self.last_loss,
@@ -416,31 +418,21 @@ class _Run:
             }  # fmt: skip
             _write(ckpt.save_checkpoint, path, state)
             if snapshot:
-                _write(
-                    ckpt.save_checkpoint, path.with_name(ckpt.snapshot_name(state["epoch"])), state
-                )
+                _write(ckpt.save_checkpoint, self.out_dir / ckpt.snapshot_name(done), state)
             _write(ckpt.save_json, self.out_dir / HISTORY_NAME, self.history)
         dist.barrier(self.info)
         self.good = (path, self.step)
         return path
-
-    def _end_epoch(self, lr: float) -> None:
-        p, self.partial = self.partial, {"loss_sum": 0.0, "steps": 0, "time": 0.0, "images": 0}
-        self.history.append({
-            "epoch": self.step // self.steps_per_epoch, "step": self.step,
-            "loss": p["loss_sum"] / max(1, p["steps"]), "lr": lr, "time": p["time"],
-            "images_per_s": p["images"] / max(p["time"], 1e-9),
-        })  # fmt: skip
 
     def train(self, resume: bool, overwrite: bool, callback: Callable[[StepInfo], None] | None):
         self._prepare(resume, overwrite)
         net = dist.wrap(self.model, self.device, self.info)
         net = (torch.compile(net) if self.settings.compile else net).train()
         s, world, config = self.settings, self.info.world_size, self.model.config
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step",
-                   **({} if self.info.is_main else {"disable": True}))  # fmt: skip
-        batches = None
-        try:
+        batches, hide = None, {} if self.info.is_main else {"disable": True}  # TQDM_DISABLE too
+        with tqdm(
+            total=self.total_steps, initial=self.step, desc="pretrain", unit="step", **hide
+        ) as bar:
             while self.step < self.total_steps:
                 epoch, index = divmod(self.step, self.steps_per_epoch)
                 if batches is None:
@@ -470,9 +462,12 @@ class _Run:
                     callback(StepInfo(self.step, self.total_steps, epoch, lr, rate, total / world))
                 saved = None
                 if end_of_epoch:
-                    batches = None
-                    self._end_epoch(lr)
-                    done = self.step // self.steps_per_epoch
+                    p, self.partial = self.partial, dict(_NEW_EPOCH)
+                    done, batches = self.step // self.steps_per_epoch, None
+                    self.history.append({
+                        "epoch": done, "step": self.step, "loss": p["loss_sum"] / p["steps"],
+                        "lr": lr, "time": p["time"], "images_per_s": p["images"] / p["time"],
+                    })  # fmt: skip
                     if done % s.checkpoint_every == 0 or done == s.epochs:
                         saved = self._save(s.keep_snapshots)
                 stop = dist.any_process(bool(self.received), self.info, self.device)
@@ -480,8 +475,6 @@ class _Run:
                     saved = saved or self._save(snapshot=False)
                     signum = self.received[0] if self.received else signal.SIGTERM  # another's
                     raise TrainingInterrupted(signum, self.step, saved)
-        finally:
-            bar.close()
         return self.history
 
 
