@@ -443,7 +443,7 @@ class _Run:
                 lr = lr_at(self.step, self.total_steps, self.warmup_steps, s.lr, s.min_lr)
                 noise = masking_noise(x.shape[0], config.num_patches, s.seed, self.step,
                                       self.info.rank, s.masking, config.mask_ratio)  # fmt: skip
-                noise = noise.to(self.device)  # (B, L)
+                noise = noise.to(self.device, non_blocking=True)  # (B, L); blocking would sync
                 loss = training.train_step(net, x, noise, self.optimizer, lr, scaler=self.scaler,
                                            autocast_dtype=self.dtype)  # fmt: skip
                 total = dist.all_reduce_sum(loss.float().reshape(1).clone(), self.info)  # (1,)
