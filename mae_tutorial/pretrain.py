@@ -244,7 +244,8 @@ def pretrain(
     Args:
         model: the MAE to train; moved to the device, updated in place.
         data: a `CIFAR10` (its training images are used) or a uint8 image tensor.
-        out_dir: the folder for `checkpoint.pt`, `epoch_XXXX.pt` and `history.json`.
+        out_dir: the folder for `checkpoint.pt`, `epoch_XXXX.pt` and `history.json` (written
+            with each checkpoint, so that the two agree).
         resume: continue from the newest checkpoint in `out_dir` (start afresh if there is none);
             the model config and the settings in `RUN_FIELDS` must match the checkpoint's.
         callback: called on every process after every step with a `StepInfo`.
