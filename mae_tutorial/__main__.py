@@ -403,9 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except SystemExit as err:  # --help
         return err.code if isinstance(err.code, int) else 0
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before training started
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # before training started, or a second signal during it
+        print(f"{PROG}: {err or 'interrupted'}", file=sys.stderr)
+        return 128 + getattr(err, "signum", signal.SIGINT)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
             IsADirectoryError, PermissionError) as err:  # fmt: skip
         return _fail(err, 2)  # bad input: the user can fix it

@@ -340,8 +340,8 @@ def test_nan_loss_exits_1_with_the_step_and_keeps_the_checkpoint(
         calls = {"n": 0}
 
         def poison(module: torch.nn.Module, inputs: object, output: object) -> object:
-            calls["n"] += 1  # one forward pass per training step
-            nan = float("nan") if calls["n"] == 8 else 1.0
+            calls["n"] += module.training  # one per training step; not the runner's checks
+            nan = float("nan") if module.training and calls["n"] == 8 else 1.0
             return dataclasses.replace(output, loss=output.loss * nan)
 
         model.register_forward_hook(poison)
