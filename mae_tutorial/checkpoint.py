@@ -274,14 +274,14 @@ def _snapshot_hint(path: Path) -> str:
 def _load_error_reason(err: Exception) -> str:
     """Why `torch.load` refused the file, without torch's advice to disable the safe loader."""
     text = str(err)
-    blocked = re.search(r"GLOBAL ([\w.]+)", text)
-    if isinstance(err, pickle.UnpicklingError) or blocked or "Weights only load failed" in text:
-        what = f"the global {blocked.group(1)}" if blocked else "an object other than tensors"
+    wrote = "a checkpoint this package wrote (those hold only tensors, numbers, strings, lists)"
+    if blocked := re.search(r"GLOBAL ([\w.]+)", text):
         return (
-            f"it references {what}, which the safe loader refused (a checkpoint this package "
-            "wrote holds only tensors, numbers, strings and plain containers); it is not a "
-            "checkpoint this package wrote, and loading it some other way could run its code"
+            f"it references the global {blocked.group(1)}, which the safe loader refuses: it is "
+            f"not {wrote}, and loading it any other way could run its code"
         )
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
+        return f"its pickle is corrupt or holds other objects: it is not {wrote}"
     lines = text.strip().splitlines()
     return lines[0] if lines else type(err).__name__
 
