@@ -40,7 +40,7 @@ CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 ALL_FILES = (*TRAIN_FILES, "test_batch", "batches.meta")
-# Limits on what a file may declare (the official archive: 163 MiB, unpacked 178 MiB, 31 MiB a batch).
+# Limits on what a file may declare (the official archive: 163 MiB; unpacked 178 MiB; a batch 30).
 MAX_ARCHIVE_BYTES = 512 << 20
 MAX_EXTRACTED_BYTES = 1 << 30
 MAX_BATCH_BYTES = 256 << 20
@@ -100,10 +100,11 @@ def resolve_cifar10_folder(
     named = root if root is not None else os.environ.get("MAE_TUTORIAL_DATA") or None
     if named is not None:
         where = "root" if root is not None else "MAE_TUTORIAL_DATA"
-        found = _locate(Path(named).expanduser())
-        for candidate in (Path(named).expanduser(), Path(named).expanduser() / CIFAR10_FOLDER):
+        folder = Path(named).expanduser()
+        found = _locate(folder)
+        for candidate in (folder, folder / CIFAR10_FOLDER) if found is None else ():
             missing = [name for name in ALL_FILES if not (candidate / name).is_file()]
-            if found is None and len(missing) < len(ALL_FILES):  # a partial copy: say what lacks
+            if len(missing) < len(ALL_FILES):  # a partial copy: name what it lacks
                 raise FileNotFoundError(
                     f"{where}={str(named)!r}: {candidate} lacks {', '.join(missing)} (a complete "
                     f"{CIFAR10_FOLDER} holds {', '.join(ALL_FILES)})"
