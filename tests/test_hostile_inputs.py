@@ -82,6 +82,16 @@ def _huge_bytes_pickle() -> bytes:
     return b"\x80\x04\x8e" + struct.pack("<Q", 8 << 40) + b"abc."
 
 
+def _ndarray_called_pickle() -> bytes:
+    """44 bytes that call numpy.ndarray((9 TiB,)) directly, which would allocate it."""
+
+    class Call:
+        def __reduce__(self):
+            return (np.ndarray, ((9 << 40,), "u1"))
+
+    return pickletools.optimize(pickle.dumps({b"data": Call()}, protocol=3))
+
+
 def _huge_itemsize_pickle() -> bytes:
     """An array of one element whose dtype declares an 8 TiB item."""
 
@@ -101,11 +111,21 @@ def _huge_itemsize_pickle() -> bytes:
     [
         (pickle.dumps({b"data": _Evil(Path("/tmp/never"))}, protocol=3), r"(os|posix)\.system"),
         (_huge_array_pickle(), "at most"),
-        (_huge_bytes_pickle(), "bytes"),
+        (_huge_bytes_pickle(), "8796093022208 more bytes declared, 4 left"),
+        (b"\x80\x05\x96" + struct.pack("<Q", 8 << 40) + b"abc.", "protocol-5 buffer"),
+        (_ndarray_called_pickle(), "argument"),
         (_huge_itemsize_pickle(), "at most"),
         (pickle.dumps({b"data": np.zeros(3)}, protocol=2), "_codecs"),  # protocol 2 needs codecs
     ],
-    ids=["code", "huge-array", "huge-bytes", "huge-itemsize", "other-global"],
+    ids=[
+        "code",
+        "huge-array",
+        "huge-bytes",
+        "huge-bytearray",
+        "ndarray-call",
+        "huge-itemsize",
+        "other-global",
+    ],  # fmt: skip
 )
 def test_crafted_batches_are_refused_before_running_or_allocating(
     synthetic_root: Path, tmp_path: Path, content: bytes, match: str
@@ -117,6 +137,21 @@ def test_crafted_batches_are_refused_before_running_or_allocating(
     _refused(error, "data_batch_2")
     with pytest.raises(ValueError, match="data_batch_2"):
         load_cifar10(tmp_path, download=False)
+
+
+def test_a_huge_memo_index_allocates_nothing(tmp_path: Path) -> None:
+    """A 12-byte pickle that stores into memo slot 2**32 - 16 (the C unpickler sizes its memo
+    table by the index: 32 GiB)."""
+    import tracemalloc
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(b"\x80\x02}r" + struct.pack("<I", 0xFFFFFFF0) + b".")
+    tracemalloc.start()
+    try:
+        assert read_batch(path) == {}
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
 
 
 def test_huge_array_batch_is_small(tmp_path: Path) -> None:
