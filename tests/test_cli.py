@@ -331,6 +331,31 @@ def test_init_from_starts_a_second_cycle_from_a_runs_weights(
     assert "mask_ratio: checkpoint 0.75, expected 0.5" in err and "Traceback" not in err
 
 
+def test_a_full_disk_during_pretraining_is_one_line_and_keeps_the_checkpoint(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 15 item 7, end to end: the second checkpoint write fails with ENOSPC."""
+    import errno
+
+    from mae_tutorial import checkpoint
+
+    real, writes = checkpoint.torch.save, [0]
+
+    def save(obj: object, f: object, *args: object, **kwargs: object) -> None:
+        writes[0] += 1
+        if writes[0] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", save)
+    argv = ["pretrain", *TINY, "--data-dir", str(data_root), "--epochs", "2"]
+    assert main([*argv, "--out", str(tmp_path)]) == 1
+    messages = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(messages) == 1 and "No space left on device" in messages[0], messages
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 6  # the first epoch's, intact
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
 def test_nan_loss_exits_1_with_the_step_and_keeps_the_checkpoint(
     data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -311,6 +311,25 @@ def test_legacy_format_checkpoint_is_refused_before_its_sizes_are_allocated(
     _refused(error, str(path))
 
 
+def test_tensor_larger_than_its_storage_is_refused(tmp_path: Path) -> None:
+    """A tensor whose declared shape (2**40 values) overruns the 4 values stored for it."""
+    good = save_checkpoint(tmp_path / "good.pt", {"model": {"w": torch.zeros(4)}, "config": {}})
+    with zipfile.ZipFile(good) as archive:
+        name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        pkl = archive.read(name)
+    huge = pkl.replace(
+        b"K\x00K\x04\x85", b"K\x00\x8a\x06" + (2**40).to_bytes(6, "little") + b"\x85"
+    )
+    assert huge != pkl
+    bad = tmp_path / "bad.pt"
+    with zipfile.ZipFile(good) as old, zipfile.ZipFile(bad, "w") as new:
+        for info in old.infolist():
+            new.writestr(info, huge if info.filename == name else old.read(info.filename))
+    with pytest.raises(ValueError, match="not a readable checkpoint") as error:
+        load_checkpoint(bad)
+    _refused(error, str(bad))
+
+
 def test_compressed_checkpoint_member_is_refused(tmp_path: Path) -> None:
     """A deflated member could unpack to far more than the file holds (a zip bomb)."""
     good = _checkpoint(tmp_path / "good.pt")
