@@ -214,6 +214,21 @@ def test_work_does_not_start_when_an_output_is_known_to_be_wrong(
     assert afile.read_text() == "keep me"
 
 
+@pytest.mark.parametrize("command", sorted(SUBCOMMANDS))
+def test_every_subcommand_checks_its_device_before_work(
+    command: str, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_work(*args: object, **kwargs: object) -> None:
+        raise AssertionError("work started before the device was checked")
+
+    for name in ("load_cifar10", "load_model", "pretrain", "MaskedAutoencoder"):
+        monkeypatch.setattr(cli, name, no_work)
+    inputs = {"pretrain": [], "finetune": ["--from-scratch", "--preset", "tiny"]}
+    argv = [command, "--device", "gpu", *inputs.get(command, ["--checkpoint", "c.pt"])]
+    assert main(argv) == 2
+    _one_line_error(capsys, "'gpu'")
+
+
 def test_run_failures_give_one_line_and_exit_code_1(
     tmp_path: Path, data_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
