@@ -1,13 +1,11 @@
 """The robust runner around chapter 7's loop: settings, checkpoints, exact resume, signals, history.
 
-Each step is chapter 7's `training.train_step` with its schedule, parameter groups, masking noise
-and augmentation; device, precision and seeds come from `runtime`. What a real run adds: exact
-resume (every random draw is seeded afresh from (seed, step), the global RNG state is stored);
-losses read back from the device in groups, not every step, yet checked before anything is saved;
-nothing written worse than what was there (checkpoints only of finite weights with a finite loss,
-atomic writes, history.json after the checkpoint and rewritten from it on resume, stray
-temporaries removed at the next start, write errors as one line); a first SIGINT/SIGTERM stops at
-the next step after a checkpoint, a second at once; torchrun (one shard per process, rank 0 writes).
+Each step is chapter 7's `training.train_step` (with its schedule, parameter groups, masking noise
+and augmentation); device, precision and seeds come from `runtime`. What a real run adds: exact
+resume (every random draw is seeded from (seed, step)); losses read back in groups, not each step;
+nothing written worse than what was there (only finite, checked states; atomic writes; history
+after the checkpoint; our stray temporaries removed; write errors in one line); a first signal
+stops after a checkpoint, a second at once; torchrun (a shard per process, rank 0 writes).
 """
 
 from __future__ import annotations
@@ -97,12 +95,9 @@ class TrainSettings:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr={self.min_lr} exceeds the peak lr {self.lr} (base_lr="
                              f"{self.base_lr} * batch_size={self.batch_size} / 256)")  # fmt: skip
-        warmup = self.warmup_epochs
-        if warmup is not None and not (
-            isinstance(warmup, (int, float)) and 0 <= warmup <= self.epochs
-        ):
-            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got "
-                             f"{self.warmup_epochs!r}")  # fmt: skip
+        w = self.warmup_epochs
+        if w is not None and not (isinstance(w, (int, float)) and 0 <= w <= self.epochs):
+            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got {w!r}")
         for name, allowed in (("masking", MASKING_KINDS), ("amp", runtime.AMP_MODES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -157,12 +152,10 @@ class TrainingInterrupted(Exception):
 
 
 class TrainingAborted(KeyboardInterrupt):
-    """A second SIGINT or SIGTERM (`signum`): stopped at once. Files already written are intact
-    (writes are atomic), so `resume=True` continues from the last checkpoint."""
+    """A second SIGINT or SIGTERM (`signum`): stopped at once; the files written are intact."""
 
-    def __init__(self, signum: int, out_dir: Path) -> None:
-        name = signal.Signals(signum).name
-        super().__init__(f"second {name}: stopped at once; the checkpoints in {out_dir} are intact")
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"second {signal.Signals(signum).name}: stopped at once, mid-step")
         self.signum = signum
 
 
@@ -197,13 +190,13 @@ def make_optimizer(
 
 
 @contextlib.contextmanager
-def _signals(received: list[int], out_dir: Path) -> Iterator[None]:
+def _signals(received: list[int]) -> Iterator[None]:
     """SIGINT and SIGTERM inside: the first is noted in `received` (the loop stops at the next step
     boundary), a second raises `TrainingAborted` at once. Only the main thread can set handlers."""
 
     def handle(signum: int, frame: Any) -> None:
         if received:
-            raise TrainingAborted(signum, out_dir)
+            raise TrainingAborted(signum)
         received.append(signum)
 
     main = threading.current_thread() is threading.main_thread()
@@ -278,7 +271,7 @@ def pretrain(
     info, received = dist.init_distributed(device.type), []
     try:
         run = _Run(model, images[: settings.subset], settings, out, device, dtype, info, received)
-        with _signals(received, out):
+        with _signals(received):
             return run.train(resume, overwrite, callback)
     finally:
         dist.cleanup_distributed(info)
@@ -325,13 +318,13 @@ class _Run:
         existing = ckpt.latest_checkpoint(out)
         if existing is not None and resume:
             state = ckpt.load_checkpoint(existing, expected_config=self.model.config)
-            if state.get("kind") != CHECKPOINT_KIND:
-                kind = state.get("kind")
-                raise ValueError(f"{existing} is not a pretraining checkpoint ({kind=})")
-            stored = TrainSettings().to_dict() | state["settings"]  # fields it predates: default
-            stored["steps_per_epoch"] = state["steps_per_epoch"]  # the data must not change either
-            wanted = self.settings.to_dict() | {"steps_per_epoch": self.steps_per_epoch}
-            keys = (*RUN_FIELDS, "steps_per_epoch")
+            # What shapes the trajectory must match (a field the checkpoint predates: its default),
+            # and so must the kind of checkpoint and the data (through its steps per epoch).
+            stored = TrainSettings().to_dict() | state.get("settings", {})
+            stored |= {"kind": state.get("kind"), "steps_per_epoch": state.get("steps_per_epoch")}
+            wanted = self.settings.to_dict() | {"kind": CHECKPOINT_KIND}
+            wanted["steps_per_epoch"] = self.steps_per_epoch
+            keys = ("kind", *RUN_FIELDS, "steps_per_epoch")
             diffs = ckpt.config_differences(*[{k: d[k] for k in keys} for d in (stored, wanted)])
             if diffs:
                 raise ValueError(f"{existing} was trained with different settings: "

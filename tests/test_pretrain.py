@@ -17,7 +17,12 @@ import pytest
 import torch
 
 import mae_tutorial.pretrain as runner
-from mae_tutorial.checkpoint import latest_checkpoint, load_checkpoint, load_model
+from mae_tutorial.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
 from mae_tutorial.masking import random_masking
@@ -429,6 +434,10 @@ def test_resume_refuses_another_model_config_or_settings(data: CIFAR10, tmp_path
         pretrain(_model(), data, _settings(epochs=1, seed=1), tmp_path, resume=True)
     with pytest.raises(ValueError, match="steps_per_epoch: checkpoint 6, expected 5"):  # other data
         pretrain(_model(), data.train_images[:250], _settings(epochs=1), tmp_path, resume=True)
+    state = load_checkpoint(tmp_path / "checkpoint.pt")
+    save_checkpoint(tmp_path / "checkpoint.pt", {**state, "kind": "mae_tutorial.evaluate"})
+    with pytest.raises(ValueError, match="kind: checkpoint 'mae_tutorial.evaluate', expected"):
+        pretrain(_model(), data, _settings(epochs=1), tmp_path, resume=True)
 
 
 def test_existing_run_is_neither_replaced_silently_nor_lost(data: CIFAR10, tmp_path: Path) -> None:
