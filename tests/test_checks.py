@@ -44,6 +44,7 @@ from mae_tutorial.losses import masked_mse_loss, normalize_patches
 from mae_tutorial.masking import gather_tokens, grid_noise, random_masking
 from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.training import lr_at, param_groups, train_step
 
 # ------------------------------------------------------------------------- the registry (shared)
 
@@ -580,27 +581,34 @@ EXERCISES += [
 # ----------------------------------------------------------------- chapter 7: pretraining (owner T1)
 
 
-def _lr_reference(step, total, warmup, peak, low):
-    from mae_tutorial.pretrain import lr_at
-
-    return lr_at(step, total, warmup, peak, low)
-
-
-def _lr_second(step, total, warmup, peak, low):
-    if warmup and step < warmup:
-        return peak * step / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return low + (peak - low) * (1 + math.cos(math.pi * t)) / 2
+def _lr_from_the_task(step, total_steps, warmup_steps, peak_lr, min_lr):
+    if warmup_steps and step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    angle = math.pi * (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(angle))
 
 
 def _lr_to_zero(step, total, warmup, peak, low):
-    return _lr_reference(step, total, warmup, peak, 0.0)
+    return lr_at(step, total, warmup, peak, 0.0)
 
 
 def _lr_warmup_off_by_one(step, total, warmup, peak, low):
     if step < warmup:
         return peak * (step + 1) / warmup
-    return _lr_reference(step, total, warmup, peak, low)
+    return lr_at(step, total, warmup, peak, low)
+
+
+def _lr_ends_a_step_early(step, total, warmup, peak, low):
+    if step < warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / (total - 1 - warmup)
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lr_warmup_to_the_step_before(step, total, warmup, peak, low):
+    if step < warmup:
+        return peak * step / (warmup - 1)
+    return lr_at(step, total, warmup, peak, low)
 
 
 def _lr_linear(step, total, warmup, peak, low):
@@ -609,24 +617,24 @@ def _lr_linear(step, total, warmup, peak, low):
     return low + (peak - low) * (1 - min(1.0, (step - warmup) / max(1, total - warmup)))
 
 
-def _groups_reference(model, wd):
-    from mae_tutorial.pretrain import param_groups
-
-    return param_groups(model, wd)
-
-
-def _groups_second(model, wd):
-    decay, rest = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_token = name.split(".")[-1] in ("cls_token", "mask_token")
-        (rest if param.dim() < 2 or is_token else decay).append(param)
-    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+def _groups_from_the_task(model, weight_decay):
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for name, p in trained if p.dim() >= 2 and not name.endswith("token")]
+    others = [p for name, p in trained if p.dim() < 2 or name.endswith("token")]
+    return [
+        {"params": others, "weight_decay": 0.0},
+        {"params": matrices, "weight_decay": weight_decay},
+    ]
 
 
 def _groups_decay_all(model, wd):
     return [{"params": list(model.parameters()), "weight_decay": wd}]
+
+
+def _groups_decay_biases(model, wd):
+    decay = [p for n, p in model.named_parameters() if not n.endswith("token")]
+    rest = [p for n, p in model.named_parameters() if n.endswith("token")]
+    return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
 
 
 def _groups_decay_tokens(model, wd):
@@ -635,32 +643,130 @@ def _groups_decay_tokens(model, wd):
     return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
 
 
-def _groups_decay_nothing(model, wd):
-    return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+def _groups_keep_frozen(model, wd):
+    groups = [{"params": [], "weight_decay": wd}, {"params": [], "weight_decay": 0.0}]
+    for name, param in model.named_parameters():
+        decayed = param.ndim > 1 and not name.endswith("token")
+        groups[0 if decayed else 1]["params"].append(param)
+    return groups
+
+
+def _step_from_the_task(model, images, noise, optimizer, lr):
+    optimizer.zero_grad(set_to_none=False)
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_no_zero_grad(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_item(model, images, noise, optimizer, lr):
+    return train_step(model, images, noise, optimizer, lr).item()
+
+
+def _step_not_detached(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _step_no_lr(model, images, noise, optimizer, lr):
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_zero_grad_late(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_lr_late(model, images, noise, optimizer, lr):
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return loss.detach()
 
 
 EXERCISES += [
     Exercise(
         "check_lr_schedule",
-        _lr_reference,
-        _lr_second,
+        lr_at,
+        _lr_from_the_task,
         mistakes=[
-            Mistake(_lr_warmup_off_by_one, "warmup starts at 0"),
-            Mistake(_lr_to_zero, "ends at min_lr"),
+            Mistake(_lr_warmup_off_by_one, "warmup off by one"),
+            Mistake(_lr_warmup_to_the_step_before, "not at step warmup_steps - 1"),
+            Mistake(_lr_ends_a_step_early, "min_lr at step total_steps - 1"),
+            Mistake(_lr_to_zero, "ends at min_lr, not at 0"),
             Mistake(_lr_linear, "half a cosine"),
         ],
     ),
     Exercise(
         "check_param_groups",
-        _groups_reference,
-        _groups_second,
+        param_groups,
+        _groups_from_the_task,
         mistakes=[
-            Mistake(_groups_decay_all, "decay weight matrices only"),
-            Mistake(_groups_decay_nothing, "weight matrices get weight_decay="),
+            Mistake(_groups_decay_biases, "norms and biases get 0"),
+            Mistake(_groups_decay_tokens, "cls and mask tokens get 0 too"),
+            Mistake(_groups_keep_frozen, "requires_grad=False"),
+            Mistake(
+                lambda model, wd: [{"params": list(model.parameters()), "weight_decay": 0.0}],
+                "weight matrices get weight_decay=",
+            ),
         ],
-        wrong=[Wrong(_groups_decay_tokens, "cls_token .*gets weight decay")],
+        wrong=[Wrong(_groups_decay_all, "decay weight matrices only")],
+    ),
+    Exercise(
+        "check_train_step",
+        train_step,
+        _step_from_the_task,
+        mistakes=[
+            Mistake(_step_no_zero_grad, r"zero_grad\(\) before backward"),
+            Mistake(_step_item, r"\.item\(\)"),
+            Mistake(_step_not_detached, "detach"),
+            Mistake(_step_no_lr, r"group\['lr'\] = lr"),
+            Mistake(_step_zero_grad_late, "not between backward and the step"),
+            Mistake(_step_lr_late, "previous lr"),
+        ],
     ),
 ]
+
+
+def test_lr_check_asks_only_steps_a_run_takes() -> None:
+    asked = []
+
+    def spy(step, total, warmup, peak, low):
+        asked.append((step, total))
+        return lr_at(step, total, warmup, peak, low)
+
+    checks.check_lr_schedule(spy)
+    assert all(0 <= step < total for step, total in asked)
+    assert any(step == total - 1 for step, total in asked)
+
 
 # ------------------------------------------------------------------ chapter 8: evaluation (owner E)
 
@@ -906,7 +1012,7 @@ def test_checks_leave_the_global_rng_alone() -> None:
     state = torch.get_rng_state()
     checks.check_forward_masked(forward_masked)
     checks.check_fill_and_unshuffle(_fill_by_scatter)
-    checks.check_param_groups(_groups_reference)
+    checks.check_param_groups(param_groups)
     assert torch.equal(state, torch.get_rng_state())
 
 
