@@ -8,6 +8,7 @@ a script's own folder first on its path).
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import statistics
@@ -23,12 +24,34 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mae_tutorial import MAEConfig, MaskedAutoencoder
 from mae_tutorial.augment import random_resized_crop_flip
+from mae_tutorial.config import PRESETS
 from mae_tutorial.data import DeviceLoader, load_cifar10, make_synthetic_cifar
-from mae_tutorial.pretrain import TrainSettings
+from mae_tutorial.pretrain import TrainSettings, make_optimizer
 from mae_tutorial.runtime import autocast_dtype, generator, needs_grad_scaler, seeded
-from mae_tutorial.training import lr_at, masking_noise, param_groups, train_step
+from mae_tutorial.training import lr_at, masking_noise, train_step
 
 CIFAR10_TRAIN = 50_000
+
+
+def add_shared_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options epoch.py and gpu.py share: --preset, --device, --clock, --data-dir, --json."""
+    parser.add_argument(
+        "--preset",
+        default="vit_tiny",
+        choices=sorted(PRESETS),
+        help="model size (default vit_tiny)",
+    )
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU) or a torch device")
+    parser.add_argument(
+        "--clock", default="wall", choices=tuple(CLOCKS),
+        help="wall time, or this process's CPU time (on a shared CPU with one thread)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--data-dir", default=None,
+        help="folder holding cifar-10-batches-py (default $MAE_TUTORIAL_DATA; else synthetic data "
+        "written to a temporary folder)",
+    )  # fmt: skip
+    parser.add_argument("--json", default=None, help="also write the results to this file")
 
 
 def load_images(data_dir: str | None, n_synthetic: int, scratch: Path) -> tuple[torch.Tensor, str]:
@@ -119,7 +142,7 @@ class Stepper:
 
     Args:
         config: the model's size.
-        settings: the optimiser recipe (betas, weight decay, peak lr, seed) and the amp mode.
+        settings: the optimiser recipe (the runner's `make_optimizer`), the seed and the amp mode.
         device: where the model lives (see `mae_tutorial.runtime.resolve_device`).
         compile_mode: None for eager, else `torch.compile`'s mode ("default" for its default).
         fused_adamw: `AdamW(fused=True)` instead of the default implementation.
@@ -139,10 +162,7 @@ class Stepper:
         if compile_mode is not None:
             mode = None if compile_mode == "default" else compile_mode
             self.net = torch.compile(self.model, mode=mode)
-        self.optimizer = torch.optim.AdamW(
-            param_groups(self.model, settings.weight_decay), lr=settings.lr,
-            betas=settings.betas, fused=True if fused_adamw else None,
-        )  # fmt: skip
+        self.optimizer = make_optimizer(self.model, settings, fused=True if fused_adamw else None)
         self.device = device
         self.autocast_dtype = autocast_dtype(settings.amp, device)
         use_scaler = needs_grad_scaler(self.autocast_dtype)

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from common import (
     Stepper,
+    add_shared_arguments,
     load_images,
     median,
     pipeline_paths,
@@ -47,7 +48,6 @@ from common import (
 )
 
 from mae_tutorial import MAEConfig
-from mae_tutorial.config import PRESETS
 from mae_tutorial.data import normalize
 from mae_tutorial.pretrain import TrainSettings
 from mae_tutorial.runtime import AMP_MODES, autocast_dtype, resolve_device
@@ -63,37 +63,21 @@ def main(argv: list[str] | None = None) -> int:
         "meaningful on a busy machine.",
     )
     parser.add_argument(
-        "--preset",
-        default="vit_tiny",
-        choices=sorted(PRESETS),
-        help="model size (default vit_tiny)",
-    )
-    parser.add_argument(
         "--batch-size", type=int, default=None, help="images per step (default 256, smoke 16)"
     )
     parser.add_argument("--steps", type=int, default=5, help="steps per path per timed round")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per path first")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU) or a torch device")
-    parser.add_argument(
-        "--clock", default="wall", choices=("wall", "cpu"),
-        help="wall time, or this process's CPU time (on a shared CPU with one thread)",
-    )  # fmt: skip
     parser.add_argument(
         "--amp", default="auto", choices=AMP_MODES,
         help="mixed precision as pretrain's --amp (auto: bf16/fp16 on GPUs, off on the CPU)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data-dir", default=None,
-        help="folder holding cifar-10-batches-py (default $MAE_TUTORIAL_DATA; else synthetic data "
-        "written to a temporary folder)",
     )  # fmt: skip
     parser.add_argument(
         "--smoke", action="store_true",
         help="tiny preset, batch 16, one round of one step (64 synthetic images unless data is "
         "named): seconds",
     )  # fmt: skip
-    parser.add_argument("--json", default=None, help="also write the results to this file")
+    add_shared_arguments(parser)
     args = parser.parse_args(argv)
 
     if args.smoke:
