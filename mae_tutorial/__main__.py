@@ -314,7 +314,7 @@ def _run_finetune(args: argparse.Namespace) -> int:
         warmup_epochs=min(5.0, 0.1 * args.epochs) if args.warmup_epochs is None
         else args.warmup_epochs, trainable_blocks=args.blocks,
         device=_eval_device(args.device), seed=args.seed,
-        amp={"auto": "auto", "bf16": True, "off": False}[args.amp],
+        amp=args.amp,
     )  # fmt: skip
     history = result.pop("history", [])  # per-epoch records: only the test top-1 is kept
     _summary({

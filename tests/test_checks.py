@@ -14,12 +14,13 @@ from einops import rearrange
 from mae_tutorial import checks
 from mae_tutorial.attention import attention_weights
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.evaluate import knn_scores, topk_accuracy
 from mae_tutorial.losses import masked_mse_loss, normalize_patches
+from mae_tutorial.lr_decay import layer_decay_param_groups
 from mae_tutorial.masking import grid_noise, random_masking
 from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
 from mae_tutorial.pretrain import lr_at, param_groups
+from mae_tutorial.probe import knn_scores, topk_accuracy
 
 # ----------------------------------------------------------------- right answers, one per check
 
@@ -90,6 +91,9 @@ RIGHT: dict[str, Callable[..., Any]] = {
     "check_param_groups": param_groups,
     "check_topk_accuracy": topk,
     "check_knn_scores": knn_scores,
+    "check_layer_decay_groups": lambda model, wd, ld: layer_decay_param_groups(
+        model, weight_decay=wd, layer_decay=ld
+    ),
     "check_grid_noise": lambda b, g, s, gen: grid_noise(b, g, s, gen),
     "check_mask_token_fill": mask_token_fill,
 }
@@ -233,6 +237,58 @@ def _knn_uniform(train, labels, queries, classes, k, temperature):
     return torch.zeros(len(queries), classes).scatter_add_(1, labels[index], torch.ones_like(top))
 
 
+def _knn_no_temperature(train, labels, queries, classes, k, temperature):
+    return knn_scores(train, labels, queries, classes, k=k, temperature=1.0)
+
+
+def _layer_groups(model, wd, ld, *, scale=None, no_decay=None, frozen=False):
+    """Per-parameter groups with optional wrong rules: scale(name, depth), no_decay(name, p)."""
+    depth = len(model.encoder.blocks)
+    groups = []
+    for name, p in model.named_parameters():
+        if not (p.requires_grad or frozen):
+            continue
+        if name.startswith("encoder.blocks."):
+            power = depth - int(name.split(".")[2])
+        elif name.startswith(("encoder.patch_embed", "encoder.cls_token")):
+            power = depth + 1
+        else:
+            power = 0
+        lr_scale = ld**power if scale is None else scale(name, depth)
+        skip = (p.ndim == 1 or "token" in name) if no_decay is None else no_decay(name, p)
+        groups.append({"params": [p], "lr_scale": lr_scale, "weight_decay": 0.0 if skip else wd})
+    return groups
+
+
+def _layers_head_decayed(model, wd, ld):
+    groups = _layer_groups(model, wd, ld)
+    for group, (name, _) in zip(groups, model.named_parameters()):
+        if name.startswith("head."):
+            group["lr_scale"] *= ld
+    return groups
+
+
+def _layers_off_by_one(model, wd, ld):
+    def scale(name, depth):
+        if name.startswith("encoder.blocks."):
+            return ld ** (depth - int(name.split(".")[2]) - 1)
+        return 1.0 if name.startswith(("head", "encoder.norm")) else ld ** (depth + 1)
+
+    return _layer_groups(model, wd, ld, scale=scale)
+
+
+def _layers_decay_biases(model, wd, ld):
+    return _layer_groups(model, wd, ld, no_decay=lambda name, p: "token" in name)
+
+
+def _layers_decay_cls(model, wd, ld):
+    return _layer_groups(model, wd, ld, no_decay=lambda name, p: p.ndim == 1)
+
+
+def _layers_with_frozen(model, wd, ld):
+    return _layer_groups(model, wd, ld, frozen=True)
+
+
 def _grid_fixed_offset(batch, grid, stride, generator):
     rows = torch.arange(grid).repeat_interleave(grid)
     cols = torch.arange(grid).repeat(grid)
@@ -355,6 +411,12 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     ("check_topk_accuracy", lambda s, y, k: topk(-s, y, k), "HIGHEST"),
     ("check_knn_scores", _knn_dot, "cosine"),
     ("check_knn_scores", _knn_uniform, "exp(similarity / temperature)"),
+    ("check_knn_scores", _knn_no_temperature, "divide the similarity by the temperature"),
+    ("check_layer_decay_groups", _layers_head_decayed, "head and the final norm are not decayed"),
+    ("check_layer_decay_groups", _layers_off_by_one, "off by one"),
+    ("check_layer_decay_groups", _layers_decay_biases, "1-D parameters"),
+    ("check_layer_decay_groups", _layers_decay_cls, "cls and mask tokens"),
+    ("check_layer_decay_groups", _layers_with_frozen, "requires_grad"),
     ("check_grid_noise", _grid_fixed_offset, "random offset"),
     ("check_grid_noise", _grid_inverted, "exactly 1"),
     ("check_grid_noise", _grid_unseeded, "generator"),
@@ -420,3 +482,60 @@ def test_psnr_reference_is_the_chapters() -> None:
     images, filled = torch.rand(2, 2, 3, 8, 8)
     removed = (torch.rand(2, 1, 8, 8) < 0.5).float()
     torch.testing.assert_close(checks._psnr(filled, images, removed), psnr(filled, images, removed))
+
+
+# ------------------------------------- chapter 8: second right answers, written from the task text
+
+
+def _knn_from_the_task(
+    train_features, train_labels, query_features, num_classes, k=20, temperature=0.07
+):
+    votes = torch.zeros(len(query_features), num_classes)
+    bank = train_features / train_features.norm(dim=1, keepdim=True)
+    for row, query in enumerate(query_features):
+        similarity = bank @ (query / query.norm())  # (N,)
+        for j in similarity.argsort(descending=True)[:k].tolist():
+            votes[row, train_labels[j]] += math.exp(similarity[j].item() / temperature)
+    return votes
+
+
+def _groups_from_the_task(model, weight_decay, layer_decay):
+    depth = len(model.encoder.blocks)
+    groups = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        elif name.startswith(("head.", "encoder.norm.")):
+            layer = depth + 1
+        else:
+            layer = 0
+        no_decay = param.ndim == 1 or name in ("encoder.cls_token", "encoder.mask_token")
+        groups.append({
+            "params": [param],
+            "lr_scale": layer_decay ** (depth + 1 - layer),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        })  # fmt: skip
+    return groups
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        (
+            "check_topk_accuracy",
+            lambda s, y, k: (
+                100
+                * (s.argsort(1, descending=True)[:, :k] == y[:, None]).any(1).double().mean().item()
+            ),
+        ),
+        ("check_knn_scores", _knn_from_the_task),
+        ("check_layer_decay_groups", _groups_from_the_task),
+    ],
+)
+def test_chapter8_checks_pass_a_second_right_answer(
+    name: str, answer: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    getattr(checks, name)(answer)
+    assert capsys.readouterr().out.startswith(f"{name} passed")
