@@ -18,6 +18,7 @@ it, so calling one does not change what later cells draw.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +33,7 @@ from mae_tutorial.attention import attention_weights
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.losses import masked_mse_loss, normalize_patches
 from mae_tutorial.masking import gather_tokens, random_masking
-from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
+from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder, ViTClassifier
 from mae_tutorial.patches import patchify, unpatchify
 
 __all__ = [
@@ -91,15 +92,41 @@ def _fail(name: str, case: str, problem: str, hint: str | None = None) -> Exerci
     return ExerciseFailed(message)
 
 
-def _call(name: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the student's function on copies of the inputs, naming the case if it crashes."""
-    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+def _argument(fn: Callable[..., Any], position: int) -> str:
+    """The name of `fn`'s parameter at `position`, for messages."""
     try:
-        return fn(*args, **kwargs)
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    return f"`{names[position]}`" if position < len(names) else f"number {position + 1}"
+
+
+def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
+    if before.shape != after.shape or before.dtype != after.dtype:
+        return False
+    return bool(((before == after) | (before.isnan() & after.isnan())).all())
+
+
+def _call(name: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the student's function on copies of the inputs, naming the case if it crashes, and
+    fail if it changed one of the tensors it was given: a caller's data must survive the call."""
+    given = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        result = fn(*given, **kwargs)
     except (NotImplementedError, ExerciseFailed):
         raise
     except Exception as err:
         raise _fail(name, case, f"your function raised {type(err).__name__}: {err}") from err
+    for position, (original, passed) in enumerate(zip(args, given)):
+        if isinstance(original, torch.Tensor) and not _unchanged(original, passed):
+            raise _fail(
+                name,
+                case,
+                f"your function changed its input {_argument(fn, position)} in place",
+                "leave the inputs as they are: compute the result in a new tensor "
+                "(out-of-place operations, or work on a .clone())",
+            )
+    return result
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
@@ -596,24 +623,26 @@ def check_encoder_flops(fn: Callable[[MAEConfig, float], int]) -> None:
 def _fill_and_unshuffle(
     x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
 ) -> torch.Tensor:
-    # The first steps of MAEDecoder.forward, line for line (tests check that they agree).
-    batch, length = ids_restore.shape
-    fill = mask_token.expand(batch, length + 1 - x.shape[1], -1)  # (B, L - K, E)
-    shuffled = torch.cat([x[:, 1:], fill], dim=1)  # (B, L, E), kept first
-    return torch.cat([x[:, :1], gather_tokens(shuffled, ids_restore)], dim=1)  # (B, 1 + L, E)
+    """`MAEDecoder.fill_and_unshuffle` with a given mask token (the reference of exercise 5.1)."""
+    config = MAEConfig.from_preset("tiny", decoder_embed_dim=x.shape[-1], decoder_num_heads=1)
+    with _private_rng():
+        decoder = MAEDecoder(config)
+    with torch.no_grad():
+        decoder.mask_token.copy_(mask_token)
+        return decoder.fill_and_unshuffle(x, ids_restore)  # (B, 1 + L, E)
 
 
 def check_fill_and_unshuffle(
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
-    """Exercise 5.1: `fn(x, mask_token, ids_restore)` against the first steps of `MAEDecoder`.
+    """Exercise 5.1: `fn(x, mask_token, ids_restore)` against `MAEDecoder.fill_and_unshuffle`.
 
     Shapes:
         x: (B, 1 + K, E) with the cls token first, mask_token: (1, 1, E), ids_restore: (B, L)
         -> (B, 1 + L, E), the cls token first and every token at its patch's place.
     """
     name = "check_fill_and_unshuffle"
-    cases = [(2, 16, 4, 6), (1, 64, 16, 8), (3, 10, 1, 2), (1, 5, 4, 3)]
+    cases = [(2, 16, 4, 8), (1, 64, 16, 8), (3, 10, 1, 4), (1, 5, 4, 12)]
     for number, (batch, length, keep, width) in enumerate(cases):
         gen = _gen(120 + number)
         x = torch.randn(batch, 1 + keep, width, generator=gen)
@@ -622,23 +651,19 @@ def check_fill_and_unshuffle(
         ids_restore = ids_shuffle.argsort(1)
         case = f"x of shape {(batch, 1 + keep, width)}, ids_restore of shape {(batch, length)}"
         expected = _fill_and_unshuffle(x, mask_token, ids_restore)
+        fill = mask_token.expand(batch, length - keep, -1)  # (B, L - K, E)
         mistakes = {
+            "the tokens are still in the shuffled order (visible first, then the mask tokens): "
+            "unshuffle them with ids_restore": torch.cat([x, fill], 1),
             "you gathered with ids_shuffle's order; gather with ids_restore": _fill_and_unshuffle(
                 x, mask_token, ids_shuffle
             ),
             "the mask tokens go after the visible tokens before unshuffling": torch.cat(
-                [
-                    x[:, :1],
-                    gather_tokens(
-                        torch.cat([mask_token.expand(batch, length - keep, -1), x[:, 1:]], 1),
-                        ids_restore,
-                    ),
-                ],
-                1,
+                [x[:, :1], gather_tokens(torch.cat([fill, x[:, 1:]], 1), ids_restore)], 1
             ),
-            "the cls token must stay first and must not be shuffled": gather_tokens(
-                torch.cat([x, mask_token.expand(batch, length - keep, -1)], 1),
-                torch.cat([torch.zeros(batch, 1, dtype=torch.long), ids_restore + 1], 1),
+            "the cls token was shuffled with the patches: set x[:, :1] aside, fill and unshuffle "
+            "x[:, 1:] only, then put the cls token back in front": torch.cat(
+                [x[:, :1], gather_tokens(torch.cat([x, fill], 1), ids_restore)], 1
             ),
         }
         got = _call(name, case, fn, x, mask_token, ids_restore)
