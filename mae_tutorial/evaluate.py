@@ -18,15 +18,14 @@ import torch
 from torch import nn
 
 from mae_tutorial import probe, runtime
+from mae_tutorial.augment import random_crop_flip
 from mae_tutorial.config import MAEConfig
-
-# random_crop_flip moves to mae_tutorial.augment and lr_at to mae_tutorial.training (chapter 7).
-from mae_tutorial.data import CIFAR10, DeviceLoader, random_crop_flip
+from mae_tutorial.data import CIFAR10, DeviceLoader
 from mae_tutorial.lr_decay import freeze_all_but_last, layer_decay_param_groups, train_mode
 from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
-from mae_tutorial.pretrain import lr_at
 from mae_tutorial.probe import PROBE_BASE_LR, check_number, topk_accuracy
 from mae_tutorial.progress import tqdm
+from mae_tutorial.training import lr_at
 
 # Config fields that decide the encoder's weights and features; a pretrained MAE must match them.
 _ENCODER_FIELDS = ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")

@@ -51,14 +51,18 @@ from mae_tutorial.distributed import (
     env_local_rank,
     init_distributed,
 )
-from mae_tutorial.masking import block_noise, grid_noise
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.progress import tqdm
+from mae_tutorial.training import (
+    MASKING_KINDS,
+    check_masking,
+    lr_at,
+    masking_noise,
+    param_groups,
+)
 
 HISTORY_NAME = "history.json"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
-# How the removed patches are chosen (the paper's Figure 6 and Table 1f); see `masking_noise`.
-MASKING_KINDS = ("random", "block", "grid")
 CHECKPOINT_KIND = "mae_tutorial.pretrain"
 # Settings that shape the trajectory: a resumed run must use the same ones to end where an
 # uninterrupted run would. The others (device, amp, compile, checkpointing) may change.
@@ -244,42 +248,6 @@ class StepInfo:
     images_per_s: float
 
 
-def lr_at(step: int, total_steps: int, warmup_steps: int, peak_lr: float, min_lr: float) -> float:
-    """The learning rate of 0-based step `step`: linear warmup from 0, then cosine to `min_lr`.
-
-    As in the official MAE code, the warmup starts at 0 and reaches `peak_lr` at step
-    `warmup_steps`; the cosine then reaches `min_lr` at step `total_steps`.
-    """
-    if step < warmup_steps:
-        return peak_lr * step / warmup_steps
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    return min_lr + (peak_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW parameter groups: weight decay on weight matrices only.
-
-    Norms and biases (1-D parameters) and the learned cls and mask tokens are not decayed: shrinking
-    them towards zero has no regularising meaning. (The official pretraining code decays the tokens;
-    its fine-tuning code does not.)
-
-    Returns:
-        `[{"params": decayed, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0}]`.
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        if param.ndim <= 1 or name.rsplit(".", 1)[-1].endswith("token"):
-            no_decay.append(param)
-        else:
-            decay.append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
-
-
 def make_optimizer(
     model: nn.Module, settings: TrainSettings, fused: bool | None = None
 ) -> torch.optim.AdamW:
@@ -365,61 +333,6 @@ def _seed(*values: int) -> int:
     """A 63-bit seed mixing non-negative ints (numpy's SeedSequence hash), for torch.Generator."""
     state = np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0]
     return int(state >> np.uint64(1))
-
-
-GRID_STRIDE = 2  # grid masking keeps one patch in every 2 x 2 cell
-
-
-def check_masking(kind: str, num_patches: int, mask_ratio: float) -> None:
-    """Raise `ValueError` unless masking `kind` can remove `mask_ratio` of `num_patches` patches.
-
-    Grid masking keeps one patch per `GRID_STRIDE` x `GRID_STRIDE` cell, so it fixes the ratio at
-    1 - 1/stride**2 (0.75) and needs a square grid whose side the stride divides.
-    """
-    if kind not in MASKING_KINDS:
-        raise ValueError(f"masking must be one of {MASKING_KINDS}, got {kind!r}")
-    if kind != "grid":
-        return
-    side = math.isqrt(num_patches)
-    ratio = 1 - 1 / GRID_STRIDE**2
-    if side * side != num_patches or side % GRID_STRIDE:
-        raise ValueError(
-            f"grid masking needs a square grid whose side is divisible by {GRID_STRIDE}, got "
-            f"{num_patches} patches"
-        )
-    if not math.isclose(mask_ratio, ratio):
-        raise ValueError(
-            f"grid masking keeps 1 patch in {GRID_STRIDE}x{GRID_STRIDE}, i.e. mask_ratio={ratio}; "
-            f"got mask_ratio={mask_ratio}"
-        )
-
-
-def masking_noise(
-    batch: int,
-    num_patches: int,
-    seed: int,
-    step: int,
-    rank: int = 0,
-    kind: str = "random",
-    mask_ratio: float = 0.75,
-) -> torch.Tensor:
-    """The masking noise of 0-based step `step`, from a generator seeded by (seed, step, rank).
-
-    `random_masking` keeps the patches with the lowest noise. "random" is uniform noise (the
-    paper's sampling); "block" and "grid" come from `block_noise` and `grid_noise`, which need
-    `mask_ratio` (block) or fix it (grid, see `check_masking`). The same arguments always give
-    the same noise, which is what makes a resumed run exact.
-
-    Shapes:
-        -> (B, L) float32 on the CPU.
-    """
-    check_masking(kind, num_patches, mask_ratio)
-    generator = torch.Generator().manual_seed(_seed(seed, step, rank, 2))
-    if kind == "block":
-        return block_noise(batch, math.isqrt(num_patches), mask_ratio, generator)  # (B, L)
-    if kind == "grid":
-        return grid_noise(batch, math.isqrt(num_patches), GRID_STRIDE, generator)  # (B, L)
-    return torch.rand(batch, num_patches, generator=generator)  # (B, L)
 
 
 class _StopFlag:

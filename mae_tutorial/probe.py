@@ -20,9 +20,9 @@ from torch import nn
 
 from mae_tutorial.data import normalize
 from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
-from mae_tutorial.pretrain import lr_at  # chapter 7's schedule (moves to mae_tutorial.training)
 from mae_tutorial.progress import tqdm
 from mae_tutorial.runtime import autocast_dtype, eval_mode, on_device, resolve_device, seeded
+from mae_tutorial.training import lr_at  # chapter 7's schedule
 
 
 def check_number(name: str, value: float, low: float, *, integer: bool = False) -> None:
