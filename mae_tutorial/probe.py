@@ -178,7 +178,7 @@ PROBE_BASE_LR = 0.25
 
 
 def make_probe_head(dim: int, num_classes: int) -> nn.Sequential:
-    """The paper's linear-probe head (Appendix A.2): BatchNorm without affine, then a linear layer.
+    """The paper's linear-probe head (Appendix A.1): BatchNorm without affine, then a linear layer.
 
     The BatchNorm only standardises the features (it adds no capacity: at test time it is a fixed
     affine map that folds into the linear layer), which lets one learning rate suit any encoder.
