@@ -29,6 +29,7 @@ from mae_tutorial.download import (
     read_batch,
     resolve_cifar10_folder,
 )
+from mae_tutorial.runtime import generator
 
 # Where the data is found is part of this module's API too: `load_cifar10` documents it.
 __all__ = [
@@ -253,17 +254,6 @@ def denormalize(
 # ------------------------------------------------------------------------------------- batching
 
 
-def _generator(device: torch.device, *values: int) -> torch.Generator:
-    """A generator seeded by mixing ``values`` (numpy's SeedSequence hash).
-
-    It lives on the GPU for CUDA data, so drawing needs no host copy (which would stall the GPU),
-    and on the CPU otherwise.
-    """
-    seed = int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-    where = device if device.type == "cuda" else torch.device("cpu")
-    return torch.Generator(device=where).manual_seed(seed)
-
-
 class DeviceLoader:
     """Batches of normalised, augmented images from uint8 data held once on ``device``.
 
@@ -306,10 +296,9 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(
-                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            what = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else images
+            raise TypeError(f"images must be a uint8 (N, C, H, W) tensor, got {what!r:.80}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if not 0 <= rank < world_size:
@@ -349,8 +338,8 @@ class DeviceLoader:
         Shapes:
             (shard_size,) int64 on the CPU.
         """
-        n, generator = len(self.images), _generator(torch.device("cpu"), self.seed, self.epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        n, g = len(self.images), generator(torch.device("cpu"), self.seed, self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         return order[: self.shard_size * self.world_size][self.rank :: self.world_size]
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -369,6 +358,6 @@ class DeviceLoader:
             batch = indices[i * self.batch_size : (i + 1) * self.batch_size]
             x = normalize(self.images[batch])  # (batch, C, H, W) float32
             if self.augment is not None:
-                generator = _generator(self.device, self.seed, self.epoch, self.rank, i)
-                x = self.augment(x, generator=generator)
+                g = generator(self.device, self.seed, self.epoch, self.rank, i)
+                x = self.augment(x, generator=g)
             yield x, self.labels[batch]

@@ -24,6 +24,7 @@ from mae_tutorial.data import (
     normalize,
 )
 from mae_tutorial.download import CIFAR10_FOLDER
+from mae_tutorial.runtime import generator
 
 N_TRAIN, N_TEST = 500, 100  # the sizes of conftest.synthetic_root
 
@@ -203,3 +204,17 @@ def test_loader_rejects_bad_arguments(data, kwargs, match) -> None:
     batch_size = kwargs.pop("batch_size", 64)
     with pytest.raises(ValueError, match=match):
         DeviceLoader(data.train_images, data.train_labels, batch_size, **kwargs)
+
+
+def test_loader_refuses_images_that_are_not_a_uint8_tensor(data) -> None:
+    for images in (data.train_images.float(), data.train_images.tolist()[:2]):
+        with pytest.raises(TypeError, match=r"uint8 \(N, C, H, W\) tensor"):
+            DeviceLoader(images, data.train_labels, 64)
+
+
+def test_loader_draws_from_runtime_generators_seeded_by_seed_and_epoch(data) -> None:
+    """The one seeding rule (runtime.generator): order by (seed, epoch), so resuming is exact."""
+    loader = _loader(data, seed=4)
+    loader.set_epoch(2)
+    order = torch.randperm(N_TRAIN, generator=generator(torch.device("cpu"), 4, 2))
+    assert torch.equal(loader.shard_indices(), order)
