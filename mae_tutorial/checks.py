@@ -6,8 +6,9 @@ included, and compares each result with the package's own implementation (or, fo
 builds no module, with the chapter's). On success it prints one line; on the first difference it
 raises `ExerciseFailed`, an `AssertionError`, whose message says which input failed and what differs:
 the shape, the value at the first differing index, and, where it recognises a common mistake (a
-transposed layout, the opposite mask convention, a loss over every patch), its name. It never shows
-the reference code. `NotImplementedError` from an unfinished stub passes through unchanged.
+transposed layout, the opposite mask convention, a loss over every patch), its name. A function
+that changes one of the tensors it was given in place fails too: callers still need their inputs.
+It never shows the reference code. `NotImplementedError` from an unfinished stub passes through unchanged.
 
 Printing is deliberate here and nowhere else in the package: a check is called from a notebook cell
 for its message, as a unit test would be from a terminal.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +34,13 @@ def _integer(name: str, value: Any, high: int) -> None:
         raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
 
 
-def _real(name: str, value: Any, expected: str) -> float:
-    """The value as a float, if it is a finite real number (an int or a float, not a bool)."""
-    if not isinstance(value, int | float) or isinstance(value, bool):
+def _real(name: str, value: Any, interval: str, inside: Callable[[float], bool]) -> None:
+    """Raise unless `value` is a finite real number (an int or a float, not a bool) in `interval`."""
+    real = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (real and math.isfinite(value) and inside(value)):
         raise ValueError(
-            f"{name} must be a finite number {expected}, got {value!r} ({type(value).__name__})"
+            f"{name} must be a finite number in {interval}, got {value!r} ({type(value).__name__})"
         )
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number {expected}, got {value!r}")
-    return float(value)
 
 
 def _block_parameters(width: int, hidden: int) -> int:
@@ -141,20 +140,12 @@ class MAEConfig:
                 )
         if not isinstance(self.pool, str) or self.pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
-        mask_ratio = _real("mask_ratio", self.mask_ratio, "in (0, 1)")
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio!r}")
-        mlp_ratio = _real("mlp_ratio", self.mlp_ratio, f"in (0, {MAX_MLP_RATIO}]")
-        if not 0.0 < mlp_ratio <= MAX_MLP_RATIO:
-            raise ValueError(
-                f"mlp_ratio must be positive and at most {MAX_MLP_RATIO}, got {self.mlp_ratio!r}"
-            )
-        drop_path = _real("drop_path", self.drop_path, "in [0, 1)")
-        if not 0.0 <= drop_path < 1.0:
-            raise ValueError(f"drop_path must lie in [0, 1), got {self.drop_path!r}")
-        eps = _real("layer_norm_eps", self.layer_norm_eps, "in (0, 1]")
-        if not 0.0 < eps <= 1.0:
-            raise ValueError(f"layer_norm_eps must be positive and at most 1, got {eps!r}")
+        _real("mask_ratio", self.mask_ratio, "(0, 1)", lambda v: 0 < v < 1)
+        _real(
+            "mlp_ratio", self.mlp_ratio, f"(0, {MAX_MLP_RATIO}]", lambda v: 0 < v <= MAX_MLP_RATIO
+        )
+        _real("drop_path", self.drop_path, "[0, 1)", lambda v: 0 <= v < 1)
+        _real("layer_norm_eps", self.layer_norm_eps, "(0, 1]", lambda v: 0 < v <= 1)
 
     def _check_relations(self) -> None:
         """What the fields must satisfy together."""

@@ -76,8 +76,8 @@ def check_noise(noise: torch.Tensor, batch: int, config: MAEConfig) -> None:
 
     Uniform noise in [0, 1) is the paper's random sampling; `block_noise` and `grid_noise` add 1
     to the patches they remove, hence the bound 2. The values are read on the CPU only: on a CUDA
-    device `torch._assert_async` checks them without making the host wait for the device (a
-    failure then surfaces at the next synchronisation as a device-side assertion).
+    device, and inside `torch.compile`, `torch._assert_async` checks them without making the host
+    wait (on CUDA a failure surfaces at the next synchronisation as a device-side assertion).
 
     Raises:
         ValueError: wrong shape, or (on the CPU) a value that is NaN, infinite or outside [0, 2).
@@ -96,15 +96,13 @@ def check_noise(noise: torch.Tensor, batch: int, config: MAEConfig) -> None:
             f"expected float noise, uniform in [0, 1) as torch.rand draws it, got dtype {noise.dtype}"
         )
     valid = (noise >= 0) & (noise < 2)  # (B, L); False for NaN
-    if noise.device.type == "cpu":
-        if not bool(valid.all()):
-            bad = noise[~valid][0].item()
-            raise ValueError(
-                f"expected finite noise in [0, 2) (uniform in [0, 1) for random sampling), "
-                f"got {bad}"
-            )
-    elif noise.device.type == "cuda":
-        torch._assert_async(valid.all())  # no host-device synchronisation
+    if noise.device.type == "cuda" or torch.compiler.is_compiling():
+        torch._assert_async(valid.all())  # no host-device synchronisation, no graph break
+    elif noise.device.type == "cpu" and not bool(valid.all()):
+        bad = noise[~valid][0].item()
+        raise ValueError(
+            f"expected finite noise in [0, 2) (uniform in [0, 1) for random sampling), got {bad}"
+        )
 
 
 class MAEEncoder(nn.Module):

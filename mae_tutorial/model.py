@@ -36,6 +36,8 @@ __all__ = [
     "init_weights",
 ]
 
+MAX_CLASSES = 100_000  # a classifier head's outputs, checked before its memory is allocated
+
 
 class MAEDecoder(nn.Module):
     """Light decoder: fills the masked places with a shared mask token and predicts every patch.
@@ -170,7 +172,7 @@ class ViTClassifier(nn.Module):
 
     Args:
         config: the encoder's sizes (the decoder fields are unused); kept as `.config`.
-        num_classes: outputs of the head.
+        num_classes: outputs of the head, at most `MAX_CLASSES` (ImageNet-21k has 21,841).
 
     Shapes:
         images: (B, C, H, W) -> logits (B, num_classes).
@@ -178,8 +180,12 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, config: MAEConfig, num_classes: int = 10) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(config, MAEConfig):
+            raise TypeError(f"expected an MAEConfig, got {type(config).__name__}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+            raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+        if not 1 <= num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must lie in [1, {MAX_CLASSES}], got {num_classes!r}")
         self.config = config
         self.num_classes = num_classes
         self.encoder = MAEEncoder(config)

@@ -459,3 +459,19 @@ def test_from_pretrained_loads_the_shipped_model_as_pretrained_does() -> None:
 def test_from_pretrained_unknown_name_lists_the_shipped_ones() -> None:
     with pytest.raises(ValueError, match=r"no shipped model named 'nope'.*cifar10-cpu"):
         MaskedAutoencoder.from_pretrained("nope")
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "pattern"),
+    [(0, r"\[1, 100000\], got 0"), (10**9, "got 1000000000"), (2.0, "integer"), (True, "True")],
+)
+def test_classifier_head_size_is_checked_before_allocation(
+    tiny: MAEConfig, num_classes, pattern: str
+) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ViTClassifier(tiny, num_classes=num_classes)
+
+
+def test_classifier_refuses_a_config_that_is_not_one(tiny: MAEConfig) -> None:
+    with pytest.raises(TypeError, match="expected an MAEConfig, got dict"):
+        ViTClassifier(tiny.to_dict())  # type: ignore[arg-type]
