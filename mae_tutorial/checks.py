@@ -47,6 +47,7 @@ __all__ = [
     "check_grid_noise",
     "check_inverse_permutation",
     "check_knn_scores",
+    "check_layer_decay_groups",
     "check_lr_schedule",
     "check_mask_token_fill",
     "check_masked_mse_loss",
@@ -1084,13 +1085,13 @@ def check_train_step(fn: Callable[..., Any]) -> None:
 
 def check_topk_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, int], float]) -> None:
     """Exercise for chapter 8: `fn(scores, labels, k)`, the percentage (0-100) of rows whose label
-    is among the k highest scores, against `mae_tutorial.evaluate.topk_accuracy(scores, labels,
+    is among the k highest scores, against `mae_tutorial.probe.topk_accuracy(scores, labels,
     ks=(k,))[k]` (the package's version takes several k at once and returns a dict).
 
     Shapes:
         scores: (N, classes), labels: (N,) -> a float.
     """
-    from mae_tutorial.evaluate import topk_accuracy
+    from mae_tutorial.probe import topk_accuracy
 
     name = "check_topk_accuracy"
     cases = [(50, 10, 1), (50, 10, 5), (7, 3, 2), (1, 10, 1), (20, 4, 4), (30, 100, 10)]
@@ -1118,15 +1119,22 @@ def check_topk_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, int], float]) 
     _passed(name, len(cases), "a single row and k equal to the number of classes")
 
 
+def _votes(
+    labels: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, classes: int
+) -> torch.Tensor:
+    """Per class, the sum of the neighbours' weights: (M, k) indices and weights -> (M, classes)."""
+    return torch.zeros(len(index), classes).scatter_add_(1, labels[index], weights)
+
+
 def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
     """Exercise for chapter 8: `fn(train_features, train_labels, query_features, num_classes, k=...,
-    temperature=...)` against `mae_tutorial.evaluate.knn_scores`: each of the k most cosine-similar
+    temperature=...)` against `mae_tutorial.probe.knn_scores`: each of the k most cosine-similar
     training points votes for its label with weight exp(similarity / temperature).
 
     Shapes:
         train_features: (N, D), train_labels: (N,), query_features: (M, D) -> (M, num_classes).
     """
-    from mae_tutorial.evaluate import knn_scores
+    from mae_tutorial.probe import knn_scores
 
     name = "check_knn_scores"
     cases = [
@@ -1142,21 +1150,111 @@ def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
         queries = torch.randn(m, dim, generator=gen)
         case = f"{n} training points of width {dim}, {m} queries, {classes} classes, k={k}, temperature={temperature}"
         expected = knn_scores(train, labels, queries, classes, k=k, temperature=temperature)
-        similarity = F.normalize(queries) @ F.normalize(train).T  # (M, N)
-        top, index = similarity.topk(k, dim=1)
-        uniform = torch.zeros(m, classes).scatter_add_(1, labels[index], torch.ones_like(top))
-        raw = queries @ train.T  # (M, N), not cosine
-        top_raw, index_raw = raw.topk(k, dim=1)
-        dot = torch.zeros(m, classes).scatter_add_(
-            1, labels[index_raw], (top_raw / temperature).exp()
-        )
+        top, index = (F.normalize(queries) @ F.normalize(train).T).topk(k, dim=1)  # (M, k)
+        top_raw, index_raw = (queries @ train.T).topk(k, dim=1)  # (M, k), not cosine
         mistakes = {
-            "weight each vote by exp(similarity / temperature)": uniform,
-            "use cosine similarity: normalise the features to unit length first": dot,
+            "weight each vote by exp(similarity / temperature), not 1": _votes(
+                labels, index, torch.ones_like(top), classes
+            ),
+            "divide the similarity by the temperature before exp: exp(similarity / temperature)": (
+                _votes(labels, index, top.exp(), classes)
+            ),
+            "the weight is exp(similarity / temperature), not similarity / temperature": _votes(
+                labels, index, top / temperature, classes
+            ),
+            "use cosine similarity: normalise the features to unit length first": _votes(
+                labels, index_raw, (top_raw / temperature).exp(), classes
+            ),
         }
         got = _call(name, case, fn, train, labels, queries, classes, k=k, temperature=temperature)
         _compare(name, case, got, expected, what="the votes", mistakes=mistakes, rtol=1e-4)
-    _passed(name, len(cases), "k = 1, k = N and a class no training point has")
+    _passed(name, len(cases), "k = 1, k = N, temperature 1 and a class no training point has")
+
+
+def _decay_hint(param_name: str, shape: tuple[int, ...], got: float, decay: float) -> str:
+    if len(shape) == 1:
+        return "1-D parameters (biases, norm weights) get no weight decay"
+    if param_name.endswith(("cls_token", "mask_token")):
+        return "the cls and mask tokens get no weight decay (the official no_weight_decay list)"
+    return f"weight matrices keep weight_decay={decay}; only 1-D parameters and the tokens get 0"
+
+
+def _scale_hint(param_name: str, depth: int, got: float, decay: float) -> str | None:
+    """Name the mistake behind a wrong lr scale, from the parameter's part of the model."""
+    if param_name.startswith(("head.", "encoder.norm.")):
+        return "the head and the final norm are not decayed: their lr_scale is 1"
+    if param_name.startswith("encoder.blocks."):
+        i = int(param_name.split(".")[2])
+        for power in (depth - i + 1, depth - i - 1, i, i + 1):
+            if math.isclose(got, decay**power, rel_tol=1e-6):
+                return (
+                    f"off by one in the layer ids? block i (0-based) gets layer_decay ** "
+                    f"(depth - i); here block {i} of {depth}, so the power is {depth - i}, "
+                    f"yours looks like {power}"
+                )
+        return "block i (0-based) gets layer_decay ** (depth - i): the last block is one step below the head"
+    return "the patch embedding and the tokens sit below block 0: layer_decay ** (depth + 1)"
+
+
+def check_layer_decay_groups(fn: Callable[[nn.Module, float, float], list[dict[str, Any]]]) -> None:
+    """Exercise for chapter 8: `fn(model, weight_decay, layer_decay)`, AdamW groups with layer-wise
+    lr decay for a `ViTClassifier`, against `mae_tutorial.lr_decay.layer_decay_param_groups`:
+    compared per parameter as (lr_scale, weight_decay); frozen parameters belong to no group."""
+    from mae_tutorial.lr_decay import freeze_all_but_last, layer_decay_param_groups
+
+    name = "check_layer_decay_groups"
+    with _private_rng():
+        tiny = MAEConfig.from_preset("tiny")
+        models = [
+            ("a ViTClassifier of depth 2", ViTClassifier(tiny), 0.05, 0.75),
+            (
+                "a ViTClassifier of depth 4",
+                ViTClassifier(MAEConfig.from_preset("tiny", depth=4)),
+                0.1,
+                0.5,
+            ),
+            (
+                "a ViTClassifier of depth 3 with all but its last block frozen",
+                freeze_all_but_last(ViTClassifier(MAEConfig.from_preset("tiny", depth=3)), 1),
+                0.05,
+                0.65,
+            ),
+        ]
+    for label, model, decay, layer_decay in models:
+        case = f"{label}, weight_decay={decay}, layer_decay={layer_decay}"
+        depth = len(model.encoder.blocks)
+        reference = layer_decay_param_groups(model, weight_decay=decay, layer_decay=layer_decay)
+        groups = _call(name, case, fn, model, decay, layer_decay)
+        got_decay = _decays(groups, model, name, case)
+        if any("lr_scale" not in group for group in groups):
+            raise _fail(name, case, "every group needs an 'lr_scale' for the schedule to multiply")
+        names = {id(p): n for n, p in model.named_parameters()}
+        got_scale = {names[id(p)]: float(g["lr_scale"]) for g in groups for p in g["params"]}
+        expected_decay = _decays(reference, model, name, case)
+        expected_scale = {names[id(p)]: g["lr_scale"] for g in reference for p in g["params"]}
+        frozen = sorted(set(got_decay) - set(expected_decay))
+        if frozen:
+            raise _fail(
+                name, case, f"{frozen[0]} is frozen (requires_grad=False) but is in a group",
+                "leave out parameters that do not require gradients",
+            )  # fmt: skip
+        missing = sorted(set(expected_decay) - set(got_decay))
+        if missing:
+            raise _fail(name, case, f"{len(missing)} parameters are in no group, e.g. {missing[0]}")
+        for key, expected in expected_scale.items():
+            if not math.isclose(got_scale[key], expected, rel_tol=1e-6):
+                raise _fail(
+                    name, case, f"{key} gets lr_scale {got_scale[key]:.6g}, expected {expected:.6g}",
+                    _scale_hint(key, depth, got_scale[key], layer_decay),
+                )  # fmt: skip
+        for key, expected in expected_decay.items():
+            if not math.isclose(got_decay[key], expected):
+                shape = tuple(model.get_parameter(key).shape)
+                raise _fail(
+                    name, case, f"{key} (shape {shape}) gets weight decay {got_decay[key]}, "
+                    f"expected {expected}", _decay_hint(key, shape, got_decay[key], decay),
+                )  # fmt: skip
+    _passed(name, len(models), "depths 2 to 4 and a partly frozen classifier")
 
 
 # ------------------------------------------------------------------------- chapter 9: ablations

@@ -772,7 +772,7 @@ def test_lr_check_asks_only_steps_a_run_takes() -> None:
 
 
 def _topk_reference(scores, labels, k):
-    from mae_tutorial.evaluate import topk_accuracy
+    from mae_tutorial.probe import topk_accuracy
 
     return topk_accuracy(scores, labels, (k,))[k]
 
@@ -783,35 +783,118 @@ def _topk_second(scores, labels, k):
 
 
 def _knn_reference(*args, **kwargs):
-    from mae_tutorial.evaluate import knn_scores
+    from mae_tutorial.probe import knn_scores
 
     return knn_scores(*args, **kwargs)
 
 
-def _knn_second(train, labels, queries, num_classes, k, temperature):
-    sim = (queries / queries.norm(dim=1, keepdim=True)) @ (
-        train / train.norm(dim=1, keepdim=True)
-    ).T  # (M, N)
-    top, index = sim.topk(k, dim=1)
-    votes = torch.zeros(len(queries), num_classes)
-    for row in range(len(queries)):
-        for weight, neighbour in zip((top[row] / temperature).exp(), index[row]):
-            votes[row, labels[neighbour]] += weight
+def _knn_second(train_features, train_labels, query_features, num_classes, k=20, temperature=0.07):
+    votes = torch.zeros(len(query_features), num_classes)
+    bank = train_features / train_features.norm(dim=1, keepdim=True)
+    for row, query in enumerate(query_features):
+        similarity = bank @ (query / query.norm())  # (N,)
+        for j in similarity.argsort(descending=True)[:k].tolist():
+            votes[row, train_labels[j]] += math.exp(similarity[j].item() / temperature)
     return votes
 
 
+def _knn_weighted(train, labels, queries, classes, k, weight, cosine=True):
+    """Votes of the k nearest neighbours, each weighted by `weight(similarity)`."""
+    if cosine:
+        train, queries = F.normalize(train), F.normalize(queries)
+    top, index = (queries @ train.T).topk(k, 1)  # (M, k)
+    return torch.zeros(len(queries), classes).scatter_add_(1, labels[index], weight(top))
+
+
 def _knn_dot(train, labels, queries, classes, k, temperature):
-    sim = queries @ train.T
-    top, index = sim.topk(k, 1)
-    return torch.zeros(len(queries), classes).scatter_add_(
-        1, labels[index], (top / temperature).exp()
+    return _knn_weighted(
+        train, labels, queries, classes, k, lambda s: (s / temperature).exp(), False
     )
 
 
 def _knn_uniform(train, labels, queries, classes, k, temperature):
-    sim = F.normalize(queries) @ F.normalize(train).T
-    top, index = sim.topk(k, 1)
-    return torch.zeros(len(queries), classes).scatter_add_(1, labels[index], torch.ones_like(top))
+    return _knn_weighted(train, labels, queries, classes, k, torch.ones_like)
+
+
+def _knn_no_temperature(train, labels, queries, classes, k, temperature):
+    return _knn_weighted(train, labels, queries, classes, k, torch.exp)
+
+
+def _knn_no_exp(train, labels, queries, classes, k, temperature):
+    return _knn_weighted(train, labels, queries, classes, k, lambda s: s / temperature)
+
+
+def _layer_groups_reference(model, weight_decay, layer_decay):
+    from mae_tutorial.lr_decay import layer_decay_param_groups
+
+    return layer_decay_param_groups(model, weight_decay=weight_decay, layer_decay=layer_decay)
+
+
+def _layer_groups_second(model, weight_decay, layer_decay):
+    depth = len(model.encoder.blocks)
+    groups = []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        if name.startswith("encoder.blocks."):
+            layer = int(name.split(".")[2]) + 1
+        elif name.startswith(("head.", "encoder.norm.")):
+            layer = depth + 1
+        else:
+            layer = 0
+        no_decay = param.ndim == 1 or name in ("encoder.cls_token", "encoder.mask_token")
+        groups.append({
+            "params": [param],
+            "lr_scale": layer_decay ** (depth + 1 - layer),
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        })  # fmt: skip
+    return groups
+
+
+def _layer_groups(model, wd, ld, *, scale=None, no_decay=None, frozen=False):
+    """Per-parameter groups with optional wrong rules: scale(name, depth), no_decay(name, p)."""
+    depth = len(model.encoder.blocks)
+    groups = []
+    for name, p in model.named_parameters():
+        if not (p.requires_grad or frozen):
+            continue
+        if name.startswith("encoder.blocks."):
+            power = depth - int(name.split(".")[2])
+        elif name.startswith(("encoder.patch_embed", "encoder.cls_token")):
+            power = depth + 1
+        else:
+            power = 0
+        lr_scale = ld**power if scale is None else scale(name, depth)
+        skip = (p.ndim == 1 or "token" in name) if no_decay is None else no_decay(name, p)
+        groups.append({"params": [p], "lr_scale": lr_scale, "weight_decay": 0.0 if skip else wd})
+    return groups
+
+
+def _layers_head_decayed(model, wd, ld):
+    def scale(name, depth):
+        if name.startswith("encoder.blocks."):
+            return ld ** (depth - int(name.split(".")[2]))
+        return ld if name.startswith(("head", "encoder.norm")) else ld ** (depth + 1)
+
+    return _layer_groups(model, wd, ld, scale=scale)
+
+
+def _layers_off_by_one(model, wd, ld):
+    def scale(name, depth):
+        if name.startswith("encoder.blocks."):
+            return ld ** (depth - int(name.split(".")[2]) - 1)
+        return 1.0 if name.startswith(("head", "encoder.norm")) else ld ** (depth + 1)
+
+    return _layer_groups(model, wd, ld, scale=scale)
+
+
+def _layers_embedding_as_block0(model, wd, ld):
+    def scale(name, depth):
+        if name.startswith("encoder.blocks."):
+            return ld ** (depth - int(name.split(".")[2]))
+        return 1.0 if name.startswith(("head", "encoder.norm")) else ld**depth
+
+    return _layer_groups(model, wd, ld, scale=scale)
 
 
 EXERCISES += [
@@ -830,7 +913,36 @@ EXERCISES += [
         _knn_second,
         mistakes=[
             Mistake(_knn_dot, "cosine"),
-            Mistake(_knn_uniform, r"exp\(similarity / temperature\)"),
+            Mistake(_knn_uniform, r"exp\(similarity / temperature\), not 1"),
+            Mistake(_knn_no_temperature, "divide the similarity by the temperature"),
+            Mistake(_knn_no_exp, r"not similarity / temperature"),
+        ],
+    ),
+    Exercise(
+        "check_layer_decay_groups",
+        _layer_groups_reference,
+        _layer_groups_second,
+        mistakes=[
+            Mistake(_layers_head_decayed, "head and the final norm are not decayed"),
+            Mistake(_layers_off_by_one, "off by one"),
+            Mistake(_layers_embedding_as_block0, r"below block 0: layer_decay \*\* \(depth \+ 1\)"),
+            Mistake(
+                lambda m, wd, ld: _layer_groups(m, wd, ld, no_decay=lambda n, p: "token" in n),
+                "1-D parameters",
+            ),
+            Mistake(
+                lambda m, wd, ld: _layer_groups(m, wd, ld, no_decay=lambda n, p: p.ndim == 1),
+                "cls and mask tokens",
+            ),
+            Mistake(
+                lambda m, wd, ld: _layer_groups(m, wd, ld, frozen=True), "do not require gradients"
+            ),
+        ],
+        wrong=[
+            Wrong(
+                lambda m, wd, ld: [{"params": list(m.parameters()), "weight_decay": wd}],
+                "lr_scale",
+            ),
         ],
     ),
 ]
