@@ -25,7 +25,7 @@ import torch
 
 from mae_tutorial import pretrain as runner
 from mae_tutorial.checkpoint import LATEST_NAME, latest_checkpoint, load_checkpoint, load_model
-from mae_tutorial.config import PRESETS, MAEConfig
+from mae_tutorial.config import MAX_DEPTH, MAX_WIDTH, PRESETS, MAEConfig
 from mae_tutorial.data import CIFAR10, load_cifar10, normalize
 from mae_tutorial.distributed import env_rank
 from mae_tutorial.download import DownloadError
@@ -33,11 +33,12 @@ from mae_tutorial.evaluate import PROBE_BASE_LR, finetune, knn_eval, linear_prob
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import NonFiniteLossError, TrainingInterrupted, TrainSettings, pretrain
 from mae_tutorial.runtime import AMP_MODES, autocast_dtype, generator, resolve_device, seeded
+from mae_tutorial.validate import check_number
 
 PROG = "python -m mae_tutorial"
 # Upper bounds of the numeric flags: far beyond any sensible run, low enough to fail at once.
 MAX_EPOCHS, MAX_BATCH, MAX_IMAGES, MAX_LR, MAX_SEED = 100_000, 65_536, 10**8, 10.0, 2**63 - 1
-MAX_DECODER_DEPTH, MAX_DECODER_DIM, MAX_COLUMNS, MAX_DPI = 64, 4096, 32, 600
+MAX_COLUMNS, MAX_DPI = 32, 600
 _FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
 
 
@@ -59,17 +60,18 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 def _number(kind: type, low: float, high: float, opened: str = "[]") -> Callable[[str], Any]:
     """An argparse type: a `kind` between `low` and `high`; `opened`: "[]", "(]" or "()"."""
-    what = "an integer" if kind is int else "a ratio" if opened == "()" else "a number"
 
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-        above = low < value if opened[0] == "(" else low <= value  # NaN is neither: refused
-        if not (above and (value < high if opened[1] == ")" else value <= high)):
-            bounds = f"{opened[0]}{low}, {high}{opened[1]}"
-            raise argparse.ArgumentTypeError(f"expected {what} in {bounds}, got {text!r}")
+            value = text  # not a number at all: check_number says what was expected
+        try:
+            check_number("it", value, low, high, integer=kind is int,
+                         low_open=opened[0] == "(", high_open=opened[1] == ")")  # fmt: skip
+        except ValueError as err:
+            expected = str(err).removeprefix("it must be ").split(", got ")[0]
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
         return value
 
     return parse
@@ -281,9 +283,9 @@ def _pretrain_parser(subs: Any) -> None:
     add("--mask-ratio", type=_ratio, help=f"fraction of patches removed; {preset}")
     add("--norm-pix", dest="norm_pix_loss", action=argparse.BooleanOptionalAction,
         help=f"regress per-patch normalised pixels; {preset} (on)")  # fmt: skip
-    add("--decoder-depth", type=_number(int, 1, MAX_DECODER_DEPTH), metavar="N",
+    add("--decoder-depth", type=_number(int, 1, MAX_DEPTH), metavar="N",
         help=f"decoder blocks; {preset}")  # fmt: skip
-    add("--decoder-dim", dest="decoder_embed_dim", type=_number(int, 4, MAX_DECODER_DIM),
+    add("--decoder-dim", dest="decoder_embed_dim", type=_number(int, 4, MAX_WIDTH),
         metavar="E", help=f"decoder width, a multiple of 4 and of its heads; {preset}")  # fmt: skip
     add("--masking", default=d.masking, choices=runner.MASKING_KINDS,
         help="how patches are removed; grid keeps 1 in 2x2 (mask ratio 0.75)")  # fmt: skip

@@ -7,10 +7,10 @@ and rebuild the model from it. Variants are made with `dataclasses.replace`, nev
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from mae_tutorial.validate import check_choice, check_flag, check_number
 
 # Size limits, checked before any memory is allocated (a config from a flag or a checkpoint could
 # otherwise ask for a billion-parameter model and bring the machine to its knees). They lie far
@@ -23,24 +23,6 @@ MAX_IMAGE_SIZE = 4096
 MAX_CHANNELS = 64
 MAX_MLP_RATIO = 16.0
 MAX_PARAMETERS = 1_000_000_000  # about 150x the largest preset, vit_tiny; 1.5x ViT-H's MAE
-
-
-def _integer(name: str, value: Any, high: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(
-            f"{name} must be an integer in [1, {high}], got {value!r} ({type(value).__name__})"
-        )
-    if not 1 <= value <= high:
-        raise ValueError(f"{name} must be an integer in [1, {high}], got {value!r}")
-
-
-def _real(name: str, value: Any, interval: str, inside: Callable[[float], bool]) -> None:
-    """Raise unless `value` is a finite real number (an int or a float, not a bool) in `interval`."""
-    real = isinstance(value, int | float) and not isinstance(value, bool)
-    if not (real and math.isfinite(value) and inside(value)):
-        raise ValueError(
-            f"{name} must be a finite number in {interval}, got {value!r} ({type(value).__name__})"
-        )
 
 
 def _block_parameters(width: int, hidden: int) -> int:
@@ -131,21 +113,14 @@ class MAEConfig:
             "decoder_num_heads": MAX_WIDTH,
         }
         for name, high in limits.items():
-            _integer(name, getattr(self, name), high)
+            check_number(name, getattr(self, name), 1, high, integer=True)
         for name in ("norm_pix_loss", "mask_token_in_encoder"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(
-                    f"{name} must be True or False (a bool), got {value!r} ({type(value).__name__})"
-                )
-        if not isinstance(self.pool, str) or self.pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {self.pool!r}")
-        _real("mask_ratio", self.mask_ratio, "(0, 1)", lambda v: 0 < v < 1)
-        _real(
-            "mlp_ratio", self.mlp_ratio, f"(0, {MAX_MLP_RATIO}]", lambda v: 0 < v <= MAX_MLP_RATIO
-        )
-        _real("drop_path", self.drop_path, "[0, 1)", lambda v: 0 <= v < 1)
-        _real("layer_norm_eps", self.layer_norm_eps, "(0, 1]", lambda v: 0 < v <= 1)
+            check_flag(name, getattr(self, name))
+        check_choice("pool", self.pool, ("mean", "cls"))
+        check_number("mask_ratio", self.mask_ratio, 0, 1, low_open=True, high_open=True)
+        check_number("mlp_ratio", self.mlp_ratio, 0, MAX_MLP_RATIO, low_open=True)
+        check_number("drop_path", self.drop_path, 0, 1, high_open=True)
+        check_number("layer_norm_eps", self.layer_norm_eps, 0, 1, low_open=True)
 
     def _check_relations(self) -> None:
         """What the fields must satisfy together."""

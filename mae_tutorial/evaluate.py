@@ -23,9 +23,10 @@ from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import CIFAR10, DeviceLoader
 from mae_tutorial.lr_decay import freeze_all_but_last, layer_decay_param_groups, train_mode
 from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
-from mae_tutorial.probe import PROBE_BASE_LR, check_number, topk_accuracy
+from mae_tutorial.probe import PROBE_BASE_LR, topk_accuracy
 from mae_tutorial.progress import tqdm
 from mae_tutorial.training import lr_at
+from mae_tutorial.validate import check_number
 
 # Config fields that decide the encoder's weights and features; a pretrained MAE must match them.
 _ENCODER_FIELDS = ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads")
@@ -222,15 +223,11 @@ def train_classifier(
     """
     check_number("epochs", epochs, 1, integer=True)
     check_number("batch_size", batch_size, 1, integer=True)
-    check_number("warmup_epochs", warmup_epochs, 0)
-    if warmup_epochs > epochs:
-        raise ValueError(f"warmup_epochs={warmup_epochs} exceeds epochs={epochs}")
+    check_number("warmup_epochs", warmup_epochs, 0, epochs)
     check_number("weight_decay", weight_decay, 0)
-    for name, value, high in (("base_lr", base_lr, float("inf")), ("layer_decay", layer_decay, 1)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= high:
-            raise ValueError(f"{name} must lie in (0, {high}], got {value!r}")
-    if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing must lie in [0, 1), got {label_smoothing!r}")
+    check_number("base_lr", base_lr, 0, low_open=True)
+    check_number("layer_decay", layer_decay, 0, 1, low_open=True)
+    check_number("label_smoothing", label_smoothing, 0, 1, high_open=True)
     device = runtime.resolve_device(device)
     dtype = runtime.autocast_dtype(amp, device)
     model.to(device)

@@ -34,6 +34,7 @@ from mae_tutorial.data import CIFAR10, DeviceLoader
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.progress import tqdm
 from mae_tutorial.training import MASKING_KINDS, check_masking, lr_at, masking_noise, param_groups
+from mae_tutorial.validate import check_choice, check_flag, check_number
 
 HISTORY_NAME = "history.json"
 CHECKPOINT_KIND = "mae_tutorial.pretrain"
@@ -77,17 +78,13 @@ class TrainSettings:
     masking: str = "random"  # how removed patches are sampled, one of `MASKING_KINDS`
 
     def __post_init__(self) -> None:
-        ints = {"epochs": 1, "batch_size": 1, "checkpoint_every": 1, "seed": 0, "subset": 1}
-        for name, low in ints.items():
-            value = getattr(self, name)
-            whole = isinstance(value, int) and not isinstance(value, bool) and value >= low
-            if not whole and not (name == "subset" and value is None):
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        for name in ("base_lr", "weight_decay", "min_lr"):
-            value, low = getattr(self, name), "> 0" if name == "base_lr" else ">= 0"
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if not number or not math.isfinite(value) or value < 0 or (low == "> 0" and not value):
-                raise ValueError(f"{name} must be a finite number {low}, got {value!r}")
+        for name, low in (("epochs", 1), ("batch_size", 1), ("checkpoint_every", 1), ("seed", 0)):
+            check_number(name, getattr(self, name), low, integer=True)
+        if self.subset is not None:
+            check_number("subset", self.subset, 1, integer=True)
+        check_number("base_lr", self.base_lr, 0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0)
+        check_number("min_lr", self.min_lr, 0)
         betas = tuple(self.betas) if isinstance(self.betas, (list, tuple)) else ()
         if len(betas) != 2 or not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
@@ -98,12 +95,10 @@ class TrainSettings:
         w = self.warmup_epochs
         if w is not None and not (isinstance(w, (int, float)) and 0 <= w <= self.epochs):
             raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got {w!r}")
-        for name, allowed in (("masking", MASKING_KINDS), ("amp", runtime.AMP_MODES)):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("compile", "keep_snapshots"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        check_choice("masking", self.masking, MASKING_KINDS)
+        check_choice("amp", self.amp, runtime.AMP_MODES)
+        check_flag("compile", self.compile)
+        check_flag("keep_snapshots", self.keep_snapshots)
         try:
             torch.device(self.device) if self.device != "auto" else None
         except (RuntimeError, TypeError):

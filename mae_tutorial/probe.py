@@ -23,14 +23,7 @@ from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
 from mae_tutorial.progress import tqdm
 from mae_tutorial.runtime import autocast_dtype, eval_mode, on_device, resolve_device, seeded
 from mae_tutorial.training import lr_at  # chapter 7's schedule
-
-
-def check_number(name: str, value: float, low: float, *, integer: bool = False) -> None:
-    """Raise `ValueError` naming `value` unless it is a number >= `low` (an int if `integer`)."""
-    kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value < low:
-        what = "an int" if integer else "a number"
-        raise ValueError(f"{name} must be {what} >= {low}, got {value!r}")
+from mae_tutorial.validate import check_number  # finite numbers within bounds
 
 
 def check_uint8_images(images: torch.Tensor, labels: torch.Tensor | None = None) -> None:

@@ -183,7 +183,7 @@ def test_tiny_training_step_is_fast(tiny: MAEConfig) -> None:
         ({"depth": True}, r"depth must be an integer .*got True \(bool\)"),
         ({"embed_dim": "192"}, r"embed_dim must be an integer .*got '192' \(str\)"),
         ({"patch_size": 4.0}, r"patch_size must be an integer .*got 4.0 \(float\)"),
-        ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a finite number in \(0, 16.0\], got nan"),
+        ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a finite number in \(0, 16\], got nan"),
         ({"mlp_ratio": float("inf")}, r"mlp_ratio must be a finite number .*got inf"),
         ({"mlp_ratio": "4"}, r"mlp_ratio must be a finite number .*got '4' \(str\)"),
         ({"mlp_ratio": True}, r"mlp_ratio .*got True \(bool\)"),
@@ -197,8 +197,8 @@ def test_tiny_training_step_is_fast(tiny: MAEConfig) -> None:
         ({"mask_ratio": float("nan")}, r"mask_ratio must be a finite number .*got nan"),
         ({"drop_path": float("nan")}, r"drop_path must be a finite number .*got nan"),
         ({"drop_path": -0.1}, r"drop_path must be a finite number in \[0, 1\), got -0.1"),
-        ({"pool": None}, r"pool must be 'mean' or 'cls', got None"),
-        ({"pool": ["mean"]}, r"pool must be 'mean' or 'cls'"),
+        ({"pool": None}, r"pool must be one of \(.mean., .cls.\), got None"),
+        ({"pool": ["mean"]}, r"pool must be one of \(.mean., .cls.\)"),
     ],
 )
 def test_wrong_types_and_non_finite_values_are_refused(overrides: dict, pattern: str) -> None:
@@ -243,7 +243,7 @@ def test_ints_given_for_float_fields_are_accepted() -> None:
         ),
         ({"image_size": 4096, "patch_size": 1}, r"16777216 patches .*at most MAX_PATCHES = 4096"),
         ({"in_chans": 10_000}, r"in_chans must be an integer in \[1, 64\]"),
-        ({"mlp_ratio": 1000.0}, r"mlp_ratio must be a finite number in \(0, 16.0\], got 1000.0"),
+        ({"mlp_ratio": 1000.0}, r"mlp_ratio must be a finite number in \(0, 16\], got 1000.0"),
         (
             {"embed_dim": 4096, "depth": 64, "num_heads": 16},
             r"asks for 12,889,846,832 parameters .*at most MAX_PARAMETERS = 1,000,000,000",

@@ -60,7 +60,7 @@ def test_extract_features_shapes_and_values(mae: MaskedAutoencoder, data: CIFAR1
 def test_extract_features_rejects_float_images(mae: MaskedAutoencoder) -> None:
     with pytest.raises(ValueError, match="uint8"):
         extract_features(mae, torch.zeros(2, 3, 32, 32))
-    with pytest.raises(ValueError, match="batch_size must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         extract_features(mae, torch.zeros(2, 3, 32, 32, dtype=torch.uint8), batch_size=0)
 
 
@@ -139,7 +139,7 @@ def test_linear_probe_separates_linearly_separable_features() -> None:
 
 
 def test_linear_probe_rejects_bad_values() -> None:
-    with pytest.raises(ValueError, match="epochs must be an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         fit_linear_probe(torch.randn(10, 4), torch.zeros(10, dtype=torch.long), 2, epochs=0)
     with pytest.raises(ValueError, match=r"expected features \(N >= 2, D\)"):
         fit_linear_probe(torch.randn(10, 4), torch.zeros(9, dtype=torch.long), 2)
