@@ -395,10 +395,38 @@ def _distinct_noise(batch: int, length: int, seed: int) -> torch.Tensor:
     return (ranks.float() + 0.5) / length  # (B, L) in (0, 1)
 
 
+def _unchanged_inputs(
+    name: str, case: str, fn: Callable[..., Any], names: tuple[str, ...]
+) -> Callable[..., Any]:
+    """`fn` wrapped so that changing one of its tensor arguments in place fails the check.
+
+    `_call` hands the student's function copies, so the check itself is safe either way; but a
+    function that overwrites its input breaks every caller that uses the input afterwards (the
+    MAE needs `ids_shuffle` and the noise after masking), so the exercises ask for new tensors.
+    """
+
+    def watched(*args: Any) -> Any:
+        before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+        result = fn(*args)
+        for arg_name, arg, copy in zip(names, args, before):
+            if copy is not None and not torch.equal(arg, copy):
+                raise _fail(
+                    name,
+                    case,
+                    f"your function changed its input `{arg_name}` in place",
+                    f"leave `{arg_name}` as it was: write into a new tensor (the methods whose "
+                    "names end in `_` change the tensor they are called on)",
+                )
+        return result
+
+    return watched
+
+
 def check_random_masking(
     fn: Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, ...]],
 ) -> None:
-    """Exercise 3.1: `fn(x, mask_ratio, noise)` against `mae_tutorial.masking.random_masking`.
+    """Exercise 3.1: `fn(x, mask_ratio, noise)` against `mae_tutorial.masking.random_masking`;
+    `x` and `noise` must come back unchanged.
 
     Shapes:
         x: (B, L, D), noise: (B, L) -> visible (B, K, D), mask (B, L) with 1 = removed,
@@ -412,7 +440,8 @@ def check_random_masking(
         keep = int(length * (1 - ratio))
         case = f"x of shape {(batch, length, dim)}, mask_ratio={ratio} (K = {keep})"
         visible, mask, ids_restore = random_masking(x, ratio, noise)
-        got = _call(name, case, fn, x, ratio, noise)
+        watched = _unchanged_inputs(name, case, fn, ("x", "mask_ratio", "noise"))
+        got = _call(name, case, watched, x, ratio, noise)
         if not isinstance(got, tuple | list) or len(got) != 3:
             raise _fail(name, case, "return a tuple (visible, mask, ids_restore)")
         ids_shuffle = noise.argsort(1)
@@ -461,7 +490,8 @@ def check_random_masking(
 
 
 def check_inverse_permutation(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Exercise 3.2: `fn(ids_shuffle)` returns the inverse permutation, as argsort would.
+    """Exercise 3.2: `fn(ids_shuffle)` returns the inverse permutation, as argsort would, and
+    leaves `ids_shuffle` unchanged.
 
     Shapes:
         ids_shuffle: (B, L) int64 -> ids_restore (B, L) int64.
@@ -477,7 +507,7 @@ def check_inverse_permutation(fn: Callable[[torch.Tensor], torch.Tensor]) -> Non
             "gather composes the permutation with itself; scatter writes "
             "ids_restore[ids_shuffle[i]] = i": ids_shuffle.gather(1, ids_shuffle),
         }
-        got = _call(name, case, fn, ids_shuffle)
+        got = _call(name, case, _unchanged_inputs(name, case, fn, ("ids_shuffle",)), ids_shuffle)
         _compare(name, case, got, expected, what="ids_restore", mistakes=mistakes)
         if got.is_floating_point():
             raise _fail(name, case, f"ids_restore must be integer indices, got {got.dtype}")

@@ -170,6 +170,17 @@ def _masking_ids_shuffle(x, r, noise):
     return visible, mask, noise.argsort(1)
 
 
+def _masking_reuses_noise(x, r, noise):
+    visible, mask, ids_restore = random_masking(x, r, noise.clone())
+    noise.copy_(mask)  # the noise's memory reused for the mask: the caller loses its noise
+    return visible, noise, ids_restore
+
+
+def _inverse_in_place(ids):
+    # The right values, written over the input: ids[b, ids[b, j]] = j.
+    return ids.scatter_(1, ids.clone(), torch.arange(ids.shape[1]).expand_as(ids))
+
+
 def _encoder_all_patches(encoder, images, r, noise):
     _, mask, ids_restore = encoder.forward_masked(images, r, noise)
     return encoder(images), mask, ids_restore
@@ -309,6 +320,8 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     ("check_random_masking", _masking_ids_shuffle, "that is ids_shuffle"),
     ("check_inverse_permutation", lambda ids: ids, "the permutation itself"),
     ("check_inverse_permutation", lambda ids: ids.gather(1, ids), "scatter"),
+    ("check_inverse_permutation", _inverse_in_place, "changed its input `ids_shuffle` in place"),
+    ("check_random_masking", _masking_reuses_noise, "changed its input `noise` in place"),
     ("check_forward_masked", _encoder_all_patches, "all L patches"),
     ("check_forward_masked", _encoder_no_positions, "positions before masking"),
     ("check_encoder_flops", lambda c, r: encoder_flops(c, 0.0), "1 + K visible tokens only"),
@@ -420,3 +433,116 @@ def test_psnr_reference_is_the_chapters() -> None:
     images, filled = torch.rand(2, 2, 3, 8, 8)
     removed = (torch.rand(2, 1, 8, 8) < 0.5).float()
     torch.testing.assert_close(checks._psnr(filled, images, removed), psnr(filled, images, removed))
+
+
+# ------------------------- second right answers, written from the exercise text alone (B's chapters)
+# Each exercise of chapters 0-3, 6 and 9 is solved again here the way a student reading only the
+# task would, differently from the package's code; the check must accept it.
+
+
+def _psnr_loops(filled, images, removed):
+    out = []
+    for f, x, r in zip(filled, images, removed):
+        chosen = r.expand_as(x).bool()  # (C, H, W): every channel of a removed pixel
+        out.append(-10 * torch.log10(((f - x)[chosen] ** 2).mean()))
+    return torch.stack(out)
+
+
+def _patch_mask_unfold(removed, p):
+    # F.unfold lists each P x P window as a column; any removed pixel marks the patch.
+    return (F.unfold(removed, kernel_size=p, stride=p).amax(1) > 0).float()
+
+
+def _patchify_view(images, p):
+    b, c, h, w = images.shape
+    x = images.view(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
+    return x.reshape(b, -1, p * p * c)
+
+
+def _unpatchify_loops(patches, p, size):
+    b, length, n = patches.shape
+    c, g = n // (p * p), size // p
+    images = torch.empty(b, c, size, size, dtype=patches.dtype)
+    for i in range(length):
+        row, col = divmod(i, g)
+        images[:, :, row * p : (row + 1) * p, col * p : (col + 1) * p] = (
+            patches[:, i].view(b, p, p, c).permute(0, 3, 1, 2)
+        )
+    return images
+
+
+def _attention_weights_einsum(q, k):
+    return torch.softmax(torch.einsum("bhid,bhjd->bhij", q, k) * q.shape[-1] ** -0.5, dim=-1)
+
+
+def _causal_tril(q, k, v):
+    n = q.shape[-2]
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    allowed = torch.tril(torch.ones(n, n, dtype=torch.bool))
+    return torch.where(allowed, scores, torch.tensor(float("-inf"))).softmax(-1) @ v
+
+
+def _random_masking_sort(x, r, noise):
+    b, length, d = x.shape
+    keep = int(length * (1 - r))
+    _, ids_shuffle = torch.sort(noise, dim=1)
+    ids_restore = torch.sort(ids_shuffle, dim=1).indices
+    visible = torch.stack([x[i, ids_shuffle[i, :keep]] for i in range(b)])
+    mask = (ids_restore >= keep).to(x.dtype)  # removed: placed after the first K in the shuffle
+    return visible, mask, ids_restore
+
+
+def _inverse_by_indexing(ids_shuffle):
+    ids_restore = torch.zeros_like(ids_shuffle)
+    rows = torch.arange(ids_shuffle.shape[0])[:, None]
+    ids_restore[rows, ids_shuffle] = torch.arange(ids_shuffle.shape[1])
+    return ids_restore
+
+
+def _normalize_by_hand(patches):
+    n = patches.shape[-1]
+    mean = patches.sum(-1, keepdim=True) / n
+    var = ((patches - mean) ** 2).sum(-1, keepdim=True) / (n - 1)
+    return (patches - mean) / torch.sqrt(var + 1e-6)
+
+
+def _masked_mse_boolean(pred, target, mask):
+    removed = mask.bool()
+    return ((pred - _normalize_by_hand(target))[removed] ** 2).mean()
+
+
+def _grid_noise_loop(batch, grid, stride, generator):
+    noise = torch.rand(batch, grid, grid, generator=generator) + 1  # [1, 2): removed
+    for b in range(batch):
+        r, c = torch.randint(0, stride, (2,), generator=generator).tolist()
+        noise[b, r::stride, c::stride] -= 1  # [0, 1): the kept patch of every cell
+    return noise.flatten(1)
+
+
+def _mask_token_fill_arithmetic(tokens, mask, token, pos):
+    m = mask[..., None]
+    return tokens * (1 - m) + (token + pos) * m
+
+
+SECOND_RIGHT = [
+    ("check_psnr", _psnr_loops),
+    ("check_patch_mask", _patch_mask_unfold),
+    ("check_patchify", _patchify_view),
+    ("check_unpatchify", _unpatchify_loops),
+    ("check_attention_weights", _attention_weights_einsum),
+    ("check_causal_attention", _causal_tril),
+    ("check_random_masking", _random_masking_sort),
+    ("check_inverse_permutation", _inverse_by_indexing),
+    ("check_normalize_patches", _normalize_by_hand),
+    ("check_masked_mse_loss", _masked_mse_boolean),
+    ("check_grid_noise", _grid_noise_loop),
+    ("check_mask_token_fill", _mask_token_fill_arithmetic),
+]
+
+
+@pytest.mark.parametrize(("name", "answer"), SECOND_RIGHT, ids=[n for n, _ in SECOND_RIGHT])
+def test_check_passes_a_second_right_answer(
+    name: str, answer: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    getattr(checks, name)(answer)
+    assert capsys.readouterr().out.startswith(f"{name} passed")
