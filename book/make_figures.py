@@ -1,6 +1,7 @@
 """Draw the figures of the book's prose pages (the chapters draw their own), with the package's code.
 
     python book/make_figures.py          (or `make figures`)
+    python book/make_figures.py architecture attention_maps     (only the figures named)
 
 writes book/images/intro_masking.png: four CIFAR-10 test images, each cut into 4x4 patches, with
 75% of the patches removed as an MAE removes them, the 16 patches the encoder sees, and what the
@@ -8,10 +9,14 @@ shipped reference model (`pretrained("cifar10-cpu")`, chapter 7) paints into the
 site's icon, book/images/favicon.png: the first of those images, masked. It reads
 CIFAR-10 through `mae_tutorial.data.load_cifar10` (set `MAE_TUTORIAL_DATA`); the images drawn are
 test images 0-3, which the project's offline copy holds bit-exact.
+
+It also writes book/images/architecture.png: the MAE at a glance (`viz.draw_architecture`) with the
+reference model's sizes beside the book's shape letters.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -22,7 +27,7 @@ from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.masking import random_masking
 from mae_tutorial.patches import patchify, unpatchify
 from mae_tutorial.pretrained import pretrained
-from mae_tutorial.viz import reconstruct_images
+from mae_tutorial.viz import draw_architecture, reconstruct_images
 
 IMAGES = Path(__file__).parent / "images"
 GREY = 0.5  # display value of a removed patch
@@ -93,9 +98,26 @@ def favicon(image: torch.Tensor, path: Path) -> None:
     fig.savefig(path)
 
 
-def main() -> None:
-    intro_masking(IMAGES / "intro_masking.png")
+def architecture(path: Path) -> None:
+    """The MAE at a glance, with the shipped reference model's sizes."""
+    draw_architecture(pretrained("cifar10-cpu").config).savefig(path)
+
+
+FIGURES = {
+    "intro_masking": intro_masking,
+    "architecture": architecture,
+}
+
+
+def main(names: list[str]) -> None:
+    unknown = sorted(set(names) - set(FIGURES))
+    if unknown:
+        raise SystemExit(f"unknown figures {unknown}; expected some of {sorted(FIGURES)}")
+    IMAGES.mkdir(parents=True, exist_ok=True)
+    for name, draw in FIGURES.items():
+        if not names or name in names:
+            draw(IMAGES / f"{name}.png")
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -17,6 +17,8 @@ from mae_tutorial.model import MAEOutput, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
 from mae_tutorial.viz import (
     MASK_GREY,
+    architecture_shapes,
+    draw_architecture,
     reconstruct_images,
     reconstruction_grid,
     visible_patch_stats,
@@ -118,3 +120,26 @@ def test_honest_pictures_keep_the_visible_patches_and_reject_unknown_stats() -> 
     torch.testing.assert_close(parts["reconstruction"] * keep, parts["original"] * keep)
     with pytest.raises(ValueError, match="stats must be one of"):
         reconstruct_images(model, images, noise, stats="oracle")
+
+
+def _texts(fig: Figure) -> str:
+    return "\n".join(text.get_text() for ax in fig.axes for text in ax.texts)
+
+
+def test_architecture_prints_the_letters_and_a_configs_numbers(tmp_path: Path) -> None:
+    symbolic = _texts(draw_architecture())
+    for shape in ("(B, C, H, W)", "(B, L, P·P·C)", "(B, 1+K, D)", "(B, 1+L, E)", "(B, L)"):
+        assert shape in symbolic
+    assert "= (B," not in symbolic  # no numbers without a config
+    config = MAEConfig.from_preset("cpu")
+    fig = draw_architecture(config)
+    text = _texts(fig)
+    k, length = config.num_visible, config.num_patches
+    assert f"(B, 1+K, D)\n= (B, {1 + k}, {config.embed_dim})" in text
+    assert f"(B, 1+L, E)\n= (B, {1 + length}, {config.decoder_embed_dim})" in text
+    assert f"(B, L, P·P·C)\n= (B, {length}, {config.patch_dim})" in text
+    assert f"{config.depth} blocks" in text and f"{config.decoder_depth} blocks" in text
+    assert "75% removed" in text and "normalised" in text
+    assert architecture_shapes(config)["encoder"] == "(B, 1+K, D)\n= (B, 17, 128)"
+    fig.savefig(tmp_path / "architecture.png")
+    assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
