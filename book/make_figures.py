@@ -11,7 +11,11 @@ CIFAR-10 through `mae_tutorial.data.load_cifar10` (set `MAE_TUTORIAL_DATA`); the
 test images 0-3, which the project's offline copy holds bit-exact.
 
 It also writes book/images/architecture.png: the MAE at a glance (`viz.draw_architecture`) with the
-reference model's sizes beside the book's shape letters.
+reference model's sizes beside the book's shape letters; attention_maps.png and
+attention_maps_random_init.png: where each head of the last encoder block looks from the cls token
+(`viz.attention_maps`), for the reference model and for a random-init model of its config (seed 0),
+on the first test image of classes 0-5, on one colour scale; and attention_distance.png: the mean attention distance of
+every block and head (`viz.attention_distance_figure`) of both, over the first 1,000 test images.
 """
 
 from __future__ import annotations
@@ -25,9 +29,18 @@ from matplotlib.figure import Figure
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.masking import random_masking
+from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
 from mae_tutorial.pretrained import pretrained
-from mae_tutorial.viz import draw_architecture, reconstruct_images
+from mae_tutorial.runtime import seeded
+from mae_tutorial.viz import (
+    attention_distance_figure,
+    attention_maps,
+    draw_architecture,
+    encoder_attention,
+    patch_attention,
+    reconstruct_images,
+)
 
 IMAGES = Path(__file__).parent / "images"
 GREY = 0.5  # display value of a removed patch
@@ -103,9 +116,56 @@ def architecture(path: Path) -> None:
     draw_architecture(pretrained("cifar10-cpu").config).savefig(path)
 
 
+def random_init(seed: int = 0) -> MaskedAutoencoder:
+    """A model of the reference's config, freshly initialised: what training starts from."""
+    with seeded(seed):
+        return MaskedAutoencoder(pretrained("cifar10-cpu").config).eval()
+
+
+def one_per_class(num_classes: int = 6) -> torch.Tensor:
+    """The first test image of each of the classes 0 .. num_classes - 1, normalised.
+
+    Shapes:
+        -> (num_classes, C, H, W).
+    """
+    data = load_cifar10()
+    labels = data.test_labels.tolist()
+    return normalize(data.test_images[[labels.index(c) for c in range(num_classes)]])
+
+
+def reference_vmax() -> float:
+    """The largest cls-to-patch weight of the reference's last block on these images: the top
+    of the colour scale of both attention-map figures, so that they compare."""
+    last = encoder_attention(pretrained("cifar10-cpu"), one_per_class())[-1]
+    return float(patch_attention(last, "cls").max())
+
+
+def attention_maps_reference(path: Path) -> None:
+    """Where the reference model's last block looks, per head."""
+    title = "reference model, last encoder block: attention of the cls token to each patch"
+    model, images = pretrained("cifar10-cpu"), one_per_class()
+    attention_maps(model, images, title=title, vmax=reference_vmax()).savefig(path)
+
+
+def attention_maps_random_init(path: Path) -> None:
+    """The same picture for a random-init model of the same config, on the same colour scale."""
+    title = "random init (same config), last encoder block: attention of the cls token"
+    attention_maps(random_init(), one_per_class(), title=title, vmax=reference_vmax()).savefig(path)
+
+
+def attention_distance(path: Path, num_images: int = 1000) -> None:
+    """Mean attention distance per block and head: the reference beside random init."""
+    images = normalize(load_cifar10().test_images[:num_images])  # (N, C, H, W)
+    models = {"reference model": pretrained("cifar10-cpu"), "random init": random_init()}
+    attention_distance_figure(models, images).savefig(path)
+
+
 FIGURES = {
     "intro_masking": intro_masking,
     "architecture": architecture,
+    "attention_maps": attention_maps_reference,
+    "attention_maps_random_init": attention_maps_random_init,
+    "attention_distance": attention_distance,
 }
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from einops import rearrange
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -15,10 +17,23 @@ from mae_tutorial.losses import normalize_patches
 from mae_tutorial.masking import random_masking
 from mae_tutorial.model import MAEOutput, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.pretrained import pretrained
+from mae_tutorial.runtime import seeded
 from mae_tutorial.viz import (
     MASK_GREY,
     architecture_shapes,
+    attention_distance,
+    attention_distance_figure,
+    attention_grid,
+    attention_maps,
+    attention_widget,
     draw_architecture,
+    encoder_attention,
+    mask_ratio_figure,
+    mask_ratio_widget,
+    mean_attention_distance,
+    patch_attention,
+    patch_distances,
     reconstruct_images,
     reconstruction_grid,
     visible_patch_stats,
@@ -143,3 +158,187 @@ def test_architecture_prints_the_letters_and_a_configs_numbers(tmp_path: Path) -
     assert architecture_shapes(config)["encoder"] == "(B, 1+K, D)\n= (B, 17, 128)"
     fig.savefig(tmp_path / "architecture.png")
     assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture(scope="module")
+def reference() -> MaskedAutoencoder:
+    return pretrained("cifar10-cpu")
+
+
+def test_attention_weights_reproduce_each_blocks_fused_attention(reference) -> None:
+    images = _images(4)
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []  # (input, output) of each Attention
+
+    def record(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        seen.append((args[0], output))
+
+    attns = [block.attn for block in reference.encoder.blocks]
+    assert all(attn.fused for attn in attns)  # the model runs F.scaled_dot_product_attention
+    handles = [attn.register_forward_hook(record) for attn in attns]
+    reference.train()
+    try:
+        weights = encoder_attention(reference, images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert all(m.training for m in reference.modules())  # modes restored
+    reference.eval()
+    assert all(not attn._forward_hooks for attn in attns)  # its hooks are gone
+    config = reference.config
+    n, h = 1 + config.num_patches, config.num_heads
+    assert len(weights) == config.depth == len(seen)
+    for w, attn, (x, output) in zip(weights, attns, seen):
+        assert w.shape == (4, h, n, n)
+        torch.testing.assert_close(w.sum(-1), torch.ones(4, h, n))
+        with torch.no_grad():
+            v = rearrange(attn.qkv(x), "b n (three h d) -> three b h n d", three=3, h=h)[2]
+            mixed = rearrange(w @ v, "b h n d -> b n (h d)")  # (B, 1 + L, D)
+            torch.testing.assert_close(attn.proj(mixed), output, atol=1e-5, rtol=0)
+
+
+def test_encoder_attention_takes_an_encoder_or_a_model_and_rejects_others(reference) -> None:
+    images = _images(2)
+    for one, two in zip(
+        encoder_attention(reference, images), encoder_attention(reference.encoder, images)
+    ):
+        torch.testing.assert_close(one, two)
+    with pytest.raises(TypeError, match="expected a MaskedAutoencoder"):
+        encoder_attention(nn.Linear(2, 2), images)
+
+
+def test_attention_distance_of_known_patterns() -> None:
+    grid, p = 4, 8
+    length = grid * grid
+    dist = patch_distances(grid, p)
+    assert dist.shape == (length, length) and dist[0, 1] == p and dist[0, 5] == p * 2**0.5
+
+    def with_cls(patches: torch.Tensor, cls_share: float) -> torch.Tensor:
+        w = torch.zeros(1, 1, 1 + length, 1 + length)
+        w[..., 1:, 1:] = (1 - cls_share) * patches
+        w[..., 1:, 0] = cls_share
+        w[..., 0, :] = 1 / (1 + length)
+        return w
+
+    assert attention_distance(with_cls(torch.eye(length), 0.0), p).item() == 0
+    uniform = torch.full((length, length), 1 / length)
+    for share in (0.0, 0.9):  # the share sent to the cls token does not count
+        torch.testing.assert_close(
+            attention_distance(with_cls(uniform, share), p), dist.mean().view(1, 1)
+        )
+    right = torch.zeros(length, length)  # every patch looks at its right neighbour, or the left one
+    for i in range(length):
+        right[i, i + 1 if i % grid < grid - 1 else i - 1] = 1
+    torch.testing.assert_close(
+        attention_distance(with_cls(right, 0.5), p), torch.full((1, 1), float(p))
+    )
+
+
+def test_patch_attention_picks_the_cls_row_or_averages_the_patch_rows() -> None:
+    w = torch.rand(2, 3, 5, 5).softmax(-1)
+    torch.testing.assert_close(patch_attention(w, "cls"), w[:, :, 0, 1:])
+    torch.testing.assert_close(patch_attention(w, "mean"), w[:, :, 1:, 1:].mean(2))
+    with pytest.raises(ValueError, match="query must be one of"):
+        patch_attention(w, "max")
+
+
+def test_the_reference_attends_more_locally_than_random_init(reference) -> None:
+    images = _images(8)
+    trained = mean_attention_distance(reference, images)
+    with seeded(0):
+        random_init = MaskedAutoencoder(reference.config)
+    untrained = mean_attention_distance(random_init, images)
+    config = reference.config
+    assert trained.shape == untrained.shape == (config.depth, config.num_heads)
+    uniform = patch_distances(config.grid_size, config.patch_size).mean()
+    assert (untrained - uniform).abs().max() < 1.5  # random init spreads attention almost evenly
+    # Its late blocks look nearer, even on these noise images (on CIFAR-10 the gap is wider).
+    assert trained[-3:].mean() < untrained[-3:].mean() - 1
+
+
+def test_attention_figures_draw_one_panel_per_head(reference, tmp_path: Path) -> None:
+    images = _images(3)
+    config = reference.config
+    fig = attention_maps(reference, images)
+    assert len(fig.axes) == 3 * (1 + config.num_heads) + 1  # and the colour bar
+    assert (
+        fig._suptitle.get_text() == f"block {config.depth} of {config.depth}: cls token -> patches"
+    )
+    assert [ax.get_title() for ax in fig.axes[: 1 + config.num_heads]] == [
+        "input",
+        *[f"head {i + 1}" for i in range(config.num_heads)],
+    ]
+    fig.savefig(tmp_path / "maps.png")
+    grid = attention_grid(reference, images, index=2, query="mean")
+    assert len(grid.axes) == config.depth * (1 + config.num_heads) + 1
+    assert "mean over patch queries" in grid._suptitle.get_text()
+    with seeded(0):
+        random_init = MaskedAutoencoder(reference.config)
+    distance = attention_distance_figure(
+        {"reference": reference, "random init": random_init}, images
+    )
+    assert [ax.get_title() for ax in distance.axes] == ["reference", "random init"]
+    distance.savefig(tmp_path / "distance.png")
+    with pytest.raises(ValueError, match="block must lie in"):
+        attention_maps(reference, images, block=config.depth)
+    with pytest.raises(ValueError, match="index must lie in"):
+        attention_grid(reference, images, index=3)
+
+
+def test_other_mask_ratios_run_the_models_own_parts(reference) -> None:
+    images = _images(2)
+    noise = torch.rand(2, reference.config.num_patches, generator=torch.Generator().manual_seed(3))
+    own = reconstruct_images(reference, images, noise, stats="visible")
+    same = reconstruct_images(reference, images, noise, stats="visible", mask_ratio=0.75)
+    for key in ("pasted", "mask", "loss"):
+        torch.testing.assert_close(same[key], own[key])
+    low = reconstruct_images(reference, images, noise, mask_ratio=0.25)["mask"]
+    high = reconstruct_images(reference, images, noise, mask_ratio=0.9)["mask"]
+    assert low.sum() == 2 * 16 and high.sum() == 2 * (64 - 6)
+    assert torch.all(high >= low)  # one noise: a higher ratio removes a superset
+
+
+def test_mask_ratio_figure_has_two_rows_per_ratio(reference) -> None:
+    fig = mask_ratio_figure(reference, _images(3), ratios=(0.5, 0.9))
+    labels = [fig.axes[3 * r].get_ylabel() for r in range(5)]
+    assert labels[:2] == ["original", "masked 50%"] and labels[3] == "masked 90%"
+    assert labels[2].startswith("painted\nloss ") and len(fig.axes) == 5 * 3
+
+
+def test_widgets_redraw_without_blocking_and_offer_only_valid_choices() -> None:
+    ipywidgets = pytest.importorskip("ipywidgets")
+    model = MaskedAutoencoder(MAEConfig.from_preset("tiny"))  # 16 patches: 95% would keep none
+    images = _images(2)
+    box = mask_ratio_widget(model, images)
+    assert isinstance(box, ipywidgets.VBox)
+    slider, picture = box.children
+    assert slider.value == 0.75 and max(slider.options, key=lambda o: o[1])[1] == 0.9
+    before = picture.value
+    assert before[:4] == b"\x89PNG"
+    slider.value = 0.5
+    assert picture.value != before
+    box = attention_widget(model, images)
+    (block, head), query, picture = box.children[0].children, box.children[1], box.children[2]
+    assert block.max == model.config.depth and [o[1] for o in head.options] == [-1, 0, 1]
+    for control, value in ((head, 1), (block, 1), (query, "mean")):
+        before = picture.value
+        control.value = value
+        assert picture.value != before and picture.value[:4] == b"\x89PNG"
+
+
+def _make_figures():
+    path = Path(__file__).parents[1] / "book" / "make_figures.py"
+    spec = importlib.util.spec_from_file_location("make_figures", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_make_figures_draws_what_the_book_holds(tmp_path: Path) -> None:
+    make_figures = _make_figures()
+    images = Path(make_figures.__file__).parent / "images"
+    for name in make_figures.FIGURES:
+        assert (images / f"{name}.png").is_file(), f"run `make figures`: {name}.png is missing"
+    make_figures.FIGURES["architecture"](tmp_path / "architecture.png")
+    assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SystemExit, match="unknown figures"):
+        make_figures.main(["no_such_figure"])
