@@ -184,7 +184,7 @@ def reconstruct_images(
         model: the MAE; run in eval mode without gradients, its mode is restored afterwards.
         images: normalised images (`mae_tutorial.data.normalize`).
         noise: masking noise (lowest = kept); random when None.
-        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+        stats: "true" (the hidden patches' own statistics, flattering) or "visible" (honest).
         mean, std: the per-channel statistics `images` were normalised with.
         mask_ratio: remove this fraction of patches instead of the model's own
             (`model.config.mask_ratio`); the encoder, decoder and loss are the model's.
@@ -262,7 +262,7 @@ def reconstruction_grid(
         images: normalised images.
         noise: masking noise; random when None.
         title: figure title; by default the mask ratio and the loss on these images.
-        stats: "true" (the official demo's way, flattering) or "visible" (honest).
+        stats: "true" (the hidden patches' own statistics, flattering) or "visible" (honest).
 
     Returns:
         A matplotlib `Figure` (save it with `fig.savefig(path)`).
@@ -385,7 +385,11 @@ def draw_architecture(config: MAEConfig | None = None) -> Figure:
     ax.axis("off")
     mid, caption_y, label_y = 16.0, 36.2, -0.2
     visible = set(_KEPT)
-    ratio = f"{config.mask_ratio:.0%} removed" if config else "ratio r removed"
+    ratio = (
+        f"{config.mask_ratio:.0%} removed,\nK = {config.num_visible} kept"
+        if config
+        else "ratio r removed,\nK kept"
+    )
     depth = f"{config.depth} blocks" if config else "blocks"
     decoder_depth = f"{config.decoder_depth} blocks" if config else "blocks"
     d = f"D = {config.embed_dim}" if config else "width D"
@@ -438,9 +442,11 @@ def draw_architecture(config: MAEConfig | None = None) -> Figure:
     legend = [(3, "patch (its own colour)"), ("masked", "removed patch"),
               ("mask token", "mask token (one shared vector)"), ("cls", "cls token")]  # fmt: skip
     for i, (token, text) in enumerate(legend):
-        x = 4 + 25 * i
+        x = 4 + 21 * i
         _token_column(ax, x, [token], -7)
         ax.text(x + 1.5, -7, text, ha="left", va="center", fontsize=8.5)
+    drawn = f"drawn: {_SIDE * _SIDE} patches, {len(_KEPT)} kept; the shapes give the real sizes"
+    ax.text(103, -7, drawn, ha="right", va="center", fontsize=8.5, style="italic")
     return fig
 
 

@@ -154,7 +154,7 @@ def test_architecture_prints_the_letters_and_a_configs_numbers(tmp_path: Path) -
     assert f"(B, 1+L, E)\n= (B, {1 + length}, {config.decoder_embed_dim})" in text
     assert f"(B, L, P·P·C)\n= (B, {length}, {config.patch_dim})" in text
     assert f"{config.depth} blocks" in text and f"{config.decoder_depth} blocks" in text
-    assert "75% removed" in text and "normalised" in text
+    assert f"75% removed,\nK = {k} kept" in text and "normalised" in text
     assert architecture_shapes(config)["encoder"] == "(B, 1+K, D)\n= (B, 17, 128)"
     fig.savefig(tmp_path / "architecture.png")
     assert (tmp_path / "architecture.png").read_bytes()[:4] == b"\x89PNG"
