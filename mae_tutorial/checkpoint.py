@@ -11,6 +11,13 @@ dicts of numbers, RNG states tensors. The keys the pretraining loop writes:
 
 Only `model` and `config` are required, so `load_model` also reads a checkpoint written by hand.
 
+Loads trust nothing in the file. Before `torch.load` runs, the file must be a zip archive whose
+members are stored uncompressed (as `torch.save` writes them) and at most `MAX_CHECKPOINT_BYTES`
+long, so every size torch allocates is bounded by the bytes on disk; the legacy pre-zip format is
+refused because it allocates the sizes it declares before checking them. After loading, the config
+goes through `MAEConfig`'s checks, its model must be no larger than the stored weights allow, and
+every weight must be finite.
+
 Writes are atomic: the bytes go to a temporary file in the same folder, are flushed and fsync'ed,
 and only then renamed over the target with `os.replace`. A process killed mid-write therefore
 leaves the previous checkpoint intact (plus, at worst, a stray `.tmp` file that `latest_checkpoint`
@@ -22,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +43,7 @@ from mae_tutorial.config import MAEConfig
 from mae_tutorial.model import MaskedAutoencoder
 
 LATEST_NAME = "checkpoint.pt"
+MAX_CHECKPOINT_BYTES = 4 << 30  # 4 GiB: far above any preset's checkpoint (vit_tiny: about 70 MB)
 _SNAPSHOT = re.compile(r"^epoch_(\d+)\.pt$")
 
 
@@ -129,28 +139,19 @@ def load_checkpoint(
 
     Raises:
         FileNotFoundError: `path` does not exist.
-        ValueError: the file is corrupt, truncated or not a checkpoint (the message names the file),
-            or its config differs from `expected_config` (the message names every differing field
-            with both values).
+        ValueError: the file is corrupt, truncated, too large, not a checkpoint this package wrote
+            (e.g. it references code), its config is invalid (the message names the field), a
+            weight is not finite (the message names it), or its config differs from
+            `expected_config` (the message names every differing field with both values). Every
+            message names the file, and points at the snapshots beside a bad `checkpoint.pt`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises many types here (pickle, zip, OS, runtime errors)
-        raise ValueError(
-            f"{path} is not a readable checkpoint (corrupt, truncated or another kind of file): "
-            f"{_load_error_reason(err)}"
-        ) from None
-    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
-        found = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise ValueError(
-            f"{path} is not an mae_tutorial checkpoint: expected a dict with keys 'model' and "
-            f"'config', found {found}"
-        )
-    if not isinstance(state["config"], dict):
-        raise ValueError(f"{path}: 'config' must be a dict, got {type(state['config']).__name__}")
+        state = _load_state(path, map_location)
+    except ValueError as err:
+        raise ValueError(f"{err}{_snapshot_hint(path)}") from None
     if expected_config is not None:
         expected = (
             expected_config.to_dict()
@@ -163,17 +164,124 @@ def load_checkpoint(
     return state
 
 
-def _load_error_reason(err: Exception) -> str:
-    """The informative part of `torch.load`'s error (its weights_only advice is wrong here)."""
-    text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        lines = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
-        detail = (lines[0] if lines else "refused").split(". ")[0].rstrip(".")
-        return (
-            f"{detail}; a checkpoint may hold only tensors and plain containers, anything else is "
-            "refused because unpickling it could run code"
+def _load_state(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    """`torch.load(weights_only=True)` after checking the container; then the config and weights."""
+    _check_container(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types here (pickle, zip, OS, runtime errors)
+        raise ValueError(
+            f"{path} is not a readable checkpoint: {_load_error_reason(err)}"
+        ) from None
+    if not isinstance(state, dict) or not {"model", "config"} <= set(state):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        raise ValueError(
+            f"{path} is not an mae_tutorial checkpoint: expected a dict with keys 'model' and "
+            f"'config', found {found}"
         )
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"{path}: 'config' must be a dict, got {type(state['config']).__name__}")
+    if not isinstance(state["model"], dict):
+        raise ValueError(
+            f"{path}: 'model' must be a state_dict, got {type(state['model']).__name__}"
+        )
+    _config_of(state, path)
+    for name, value in state["model"].items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(
+                    f"{path}: weight {name!r} holds NaN or infinite values; a checkpoint's weights "
+                    "must be finite (was it saved from a diverged run?)"
+                )
+    return state
+
+
+def _check_container(path: Path) -> None:
+    """Refuse files whose declared sizes torch would allocate before it could check them."""
+    size = path.stat().st_size
+    if size > MAX_CHECKPOINT_BYTES:
+        raise ValueError(
+            f"{path} is {size} bytes; a checkpoint may be at most {MAX_CHECKPOINT_BYTES} bytes"
+        )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not a readable checkpoint: not a zip archive as torch.save writes (a "
+            "corrupt, truncated or legacy-format file, or another kind of file)"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise ValueError(f"{path} is not a readable checkpoint: {err}") from None
+    for member in members:
+        stored = member.compress_type == zipfile.ZIP_STORED
+        if not stored or member.file_size != member.compress_size or member.file_size > size:
+            raise ValueError(
+                f"{path}: archive member {member.filename!r} is compressed or declares "
+                f"{member.file_size} bytes in a file of {size}; torch.save stores members "
+                "uncompressed, so this is not a checkpoint this package wrote"
+            )
+
+
+def _config_of(state: dict[str, Any], path: str | Path) -> MAEConfig:
+    """The stored config, through `MAEConfig`'s checks (the message names the file and field)."""
+    try:
+        return MAEConfig.from_dict(state["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds an invalid model config: {err}") from None
+
+
+def _check_size(config: MAEConfig, state: dict[str, Any], path: str | Path) -> None:
+    """Refuse a config that describes a model larger than the weights stored with it."""
+    stored = sum(v.numel() for v in state["model"].values() if isinstance(v, torch.Tensor))
+    if _least_weights(config) > stored:
+        raise ValueError(
+            f"{path}: its config (embed_dim={config.embed_dim}, depth={config.depth}, "
+            f"decoder_embed_dim={config.decoder_embed_dim}, decoder_depth={config.decoder_depth}, "
+            f"mlp_ratio={config.mlp_ratio}) describes a model of at least {_least_weights(config)} "
+            f"weights, but the file stores {stored}; refusing to build it"
+        )
+
+
+def _least_weights(config: MAEConfig) -> int:
+    """A lower bound on the values in a state_dict of `config`'s model, from its largest parts.
+
+    Each block of width D has attention weights of at least D * D and an MLP of 2 * D * hidden;
+    the patch embedding and the decoder's prediction have D * P*P*C and E * P*P*C; the position
+    tables (1 + L) * D and (1 + L) * E. Checking it before building the model bounds what a crafted
+    config can make us allocate by the size of the file.
+    """
+    d, e, patch = config.embed_dim, config.decoder_embed_dim, config.patch_dim
+    blocks = config.depth * (d * d + 2 * d * config.mlp_hidden_dim)
+    blocks += config.decoder_depth * (e * e + 2 * e * config.decoder_mlp_hidden_dim)
+    return blocks + (d + e) * (patch + 1 + config.num_patches)
+
+
+def _snapshot_hint(path: Path) -> str:
+    """For a bad `checkpoint.pt`: which snapshots lie beside it, and how to use one."""
+    if path.name != LATEST_NAME or not path.parent.is_dir():
+        return ""
+    names = sorted(p.name for p in path.parent.iterdir() if _SNAPSHOT.match(p.name))
+    if not names:
+        return ""
+    return (
+        f". The same folder holds the snapshots {', '.join(names)}: pass one of them instead "
+        f"(e.g. --checkpoint {path.parent / names[-1]}), or move {path.name} out of the folder "
+        f"so that --resume continues from {names[-1]}"
+    )
+
+
+def _load_error_reason(err: Exception) -> str:
+    """Why `torch.load` refused the file, without torch's advice to disable the safe loader."""
+    text = str(err)
+    wrote = "a checkpoint this package wrote (those hold only tensors, numbers, strings, lists)"
+    if blocked := re.search(r"GLOBAL ([\w.]+)", text):
+        return (
+            f"it references the global {blocked.group(1)}, which the safe loader refuses: it is "
+            f"not {wrote}, and loading it any other way could run its code"
+        )
+    if isinstance(err, pickle.UnpicklingError) or "weights_only" in text:
+        return f"its pickle is corrupt or holds other objects: it is not {wrote}"
     lines = text.strip().splitlines()
     return lines[0] if lines else type(err).__name__
 
@@ -218,13 +326,11 @@ def model_from_state(state: dict[str, Any], path: str | Path = "checkpoint") -> 
     """The `MaskedAutoencoder` a loaded checkpoint describes, with its weights, in eval mode.
 
     Raises:
-        ValueError: its config is invalid or its weights do not fit that config (the message
-            names `path`).
+        ValueError: its config is invalid, describes a model larger than the stored weights, or
+            its weights do not fit that config (the message names `path`).
     """
-    try:
-        config = MAEConfig.from_dict(state["config"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path} holds an invalid model config: {err}") from None
+    config = _config_of(state, path)
+    _check_size(config, state, path)
     model = MaskedAutoencoder(config)
     try:
         model.load_state_dict(state["model"], strict=True)

@@ -182,3 +182,13 @@ def test_save_json_is_atomic_json(tmp_path: Path) -> None:
     path = save_json(tmp_path / "history.json", [{"epoch": 1, "loss": 0.5}])
     assert json.loads(path.read_text()) == [{"epoch": 1, "loss": 0.5}]
     assert [p.name for p in tmp_path.iterdir()] == ["history.json"]
+
+
+@pytest.mark.parametrize("preset", ["tiny", "cpu", "vit_tiny"])
+@pytest.mark.parametrize("variant", [{}, {"mask_token_in_encoder": True, "pool": "cls"}])
+def test_size_bound_never_refuses_a_real_model(preset: str, variant: dict) -> None:
+    """The lower bound on a config's weights that guards against crafted configs stays below the
+    weights every real model stores."""
+    config = MAEConfig.from_preset(preset, **variant)
+    stored = sum(v.numel() for v in MaskedAutoencoder(config).state_dict().values())
+    assert 0 < ckpt._least_weights(config) <= stored
