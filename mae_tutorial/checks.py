@@ -56,6 +56,7 @@ __all__ = [
     "check_patch_mask",
     "check_random_masking",
     "check_topk_accuracy",
+    "check_train_step",
     "check_unpatchify",
 ]
 
@@ -799,44 +800,80 @@ def check_masked_mse_loss(
 
 def check_lr_schedule(fn: Callable[[int, int, int, float, float], float]) -> None:
     """Exercise for chapter 7: `fn(step, total_steps, warmup_steps, peak_lr, min_lr)`, the learning
-    rate of 0-based step `step`, against `mae_tutorial.pretrain.lr_at` (linear warmup from 0, then
-    cosine down to min_lr at total_steps)."""
-    from mae_tutorial.pretrain import lr_at
+    rate of 0-based step `step`, against `mae_tutorial.training.lr_at`: linear warmup from 0 at
+    step 0 to peak_lr at step warmup_steps, then half a cosine down to min_lr at step total_steps
+    (one past the last step a run takes). Only steps a run takes, 0 to total_steps - 1, are tried."""
+    from mae_tutorial.training import lr_at
 
     name = "check_lr_schedule"
-    schedules = [(100, 10, 1e-3, 0.0), (50, 5, 1.5e-4, 1e-6), (20, 0, 0.1, 0.01), (8, 8, 1.0, 0.0)]
+    schedules = [
+        (100, 10, 1e-3, 0.0), (50, 5, 1.5e-4, 1e-6), (20, 0, 0.1, 0.01), (8, 8, 1.0, 0.0),
+        (12, 3, 0.5, 0.05),
+    ]  # fmt: skip
     for total, warmup, peak, low in schedules:
-        steps = sorted({0, 1, warmup // 2, max(warmup - 1, 0), warmup, warmup + 1, total // 2})
-        steps += [total - 1, total]
+        candidates = {0, 1, warmup // 2, warmup - 1, warmup, warmup + 1, total // 2}
+        steps = sorted(s for s in candidates | {total - 2, total - 1} if 0 <= s < total)
         case_of = f"total_steps={total}, warmup_steps={warmup}, peak_lr={peak}, min_lr={low}"
         for step in steps:
             case = f"step={step} of a schedule with {case_of}"
             expected = lr_at(step, total, warmup, peak, low)
             got = _call(name, case, fn, step, total, warmup, peak, low)
-            if isinstance(got, torch.Tensor):
+            if isinstance(got, torch.Tensor) and got.numel() == 1:
                 got = got.item()
-            if not isinstance(got, int | float):
+            if isinstance(got, bool) or not isinstance(got, int | float):
                 raise _fail(name, case, f"return a float, got {type(got).__name__}")
             if not math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-12):
-                progress = (step - warmup) / max(1, total - warmup)
-                known = {
-                    round(peak * (step + 1) / warmup, 12) if warmup else None: (
-                        "the warmup starts at 0 at step 0 and reaches peak_lr at step warmup_steps"
-                    ),
-                    round(peak * 0.5 * (1 + math.cos(math.pi * min(progress, 1))), 12): (
-                        "the cosine ends at min_lr, not at 0"
-                    ),
-                    round(low + (peak - low) * (1 - min(progress, 1)), 12): (
-                        "after the warmup the decay follows half a cosine, not a straight line"
-                    ),
-                }
-                raise _fail(
-                    name,
-                    case,
-                    f"yours {got:.6g}, expected {expected:.6g}",
-                    known.get(round(got, 12)),
-                )
-    _passed(name, len(schedules), "no warmup, warmup to the end and the last step")
+                hint = _lr_mistake(got, expected, step, total, warmup, peak, low)
+                raise _fail(name, case, f"yours {got:.9g}, expected {expected:.9g}", hint)
+    _passed(name, len(schedules), "no warmup, warmup for the whole run and the last step")
+
+
+def _lr_mistake(
+    got: float, expected: float, step: int, total: int, warmup: int, peak: float, low: float
+) -> str | None:
+    """Name the common wrong schedule that gives `got` at `step`, if one does."""
+
+    def cosine(progress: float, floor: float = low) -> float:
+        return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * min(max(progress, 0), 1)))
+
+    after = step >= warmup
+    known: list[tuple[float | None, str]] = [
+        (
+            peak * (step + 1) / warmup if not after else None,
+            "warmup off by one: the rate is 0 at step 0 and reaches peak_lr at step "
+            "warmup_steps, i.e. peak_lr * step / warmup_steps",
+        ),
+        (
+            peak * step / (warmup - 1) if not after and warmup > 1 else None,
+            "the warmup reaches peak_lr at step warmup_steps, the first step after it, not at "
+            "step warmup_steps - 1: divide by warmup_steps",
+        ),
+        (
+            cosine((step - warmup) / (total - 1 - warmup))
+            if after and total - 1 > warmup
+            else None,
+            "your cosine reaches min_lr at step total_steps - 1, the last step a run takes; here "
+            "(as in the official code) it reaches min_lr at step total_steps, one step later, so "
+            "progress = (step - warmup_steps) / (total_steps - warmup_steps)",
+        ),
+        (
+            cosine((step - warmup) / (total - warmup), 0.0) if after else None,
+            "the cosine ends at min_lr, not at 0",
+        ),
+        (
+            low + (peak - low) * (1 - (step - warmup) / (total - warmup)) if after else None,
+            "after the warmup the decay follows half a cosine, not a straight line",
+        ),
+        (
+            cosine(step / total) if after and warmup else None,
+            "the cosine starts where the warmup ends: measure its progress from step warmup_steps",
+        ),
+    ]
+    for value, hint in known:
+        if value is not None and not math.isclose(value, expected, rel_tol=1e-9, abs_tol=1e-15):
+            if math.isclose(got, value, rel_tol=1e-6, abs_tol=1e-12):
+                return hint
+    return None
 
 
 def _decays(groups: Any, model: nn.Module, name: str, case: str) -> dict[str, float]:
@@ -868,28 +905,54 @@ def _decays(groups: Any, model: nn.Module, name: str, case: str) -> dict[str, fl
 
 def check_param_groups(fn: Callable[[nn.Module, float], list[dict[str, Any]]]) -> None:
     """Exercise for chapter 7: `fn(model, weight_decay)`, AdamW parameter groups, against
-    `mae_tutorial.pretrain.param_groups`: decay on weight matrices only, not on norms, biases or
-    the cls and mask tokens. Compared as {parameter: weight decay}, order-insensitive."""
-    from mae_tutorial.pretrain import param_groups
+    `mae_tutorial.training.param_groups`: decay on weight matrices only, not on norms, biases or
+    the cls and mask tokens; frozen parameters (requires_grad=False) in no group. Compared as
+    {parameter: weight decay}, order-insensitive."""
+    from mae_tutorial.training import param_groups
 
     name = "check_param_groups"
     with _private_rng():
         config = MAEConfig.from_preset("tiny")
+        partly_frozen = ViTClassifier(config)
+        for param in [
+            *partly_frozen.encoder.patch_embed.parameters(),
+            partly_frozen.encoder.cls_token,
+        ]:
+            param.requires_grad_(False)
+        for param in partly_frozen.encoder.blocks[0].parameters():
+            param.requires_grad_(False)
         models = [
             ("the tiny MaskedAutoencoder", MaskedAutoencoder(config), 0.05),
             ("a tiny ViTClassifier", ViTClassifier(config), 0.1),
+            (
+                "a tiny ViTClassifier with its patch embedding, cls token and first block frozen",
+                partly_frozen,
+                0.05,
+            ),
         ]
     for label, model, decay in models:
         case = f"{label} with weight_decay={decay}"
         expected = _decays(param_groups(model, decay), model, name, case)
         got = _decays(_call(name, case, fn, model, decay), model, name, case)
+        frozen = sorted(set(got) - set(expected))
+        if frozen:
+            raise _fail(
+                name,
+                case,
+                f"{len(frozen)} frozen parameters are in a group, e.g. {frozen[0]}",
+                "parameters with requires_grad=False do not train: leave them out of both groups",
+            )
         missing = sorted(set(expected) - set(got))
         if missing:
             raise _fail(name, case, f"{len(missing)} parameters are in no group, e.g. {missing[0]}")
         for key in expected:
             if not math.isclose(got[key], expected[key]):
+                token = key.rsplit(".", 1)[-1].endswith("token")
                 why = (
-                    "decay weight matrices only: norms, biases and the cls and mask tokens get 0"
+                    "decay weight matrices only: the cls and mask tokens get 0 too, though they "
+                    "are 3-D (a rule on ndim alone misses them)"
+                    if token
+                    else "decay weight matrices only: norms and biases get 0"
                     if expected[key] == 0
                     else f"weight matrices get weight_decay={decay}"
                 )
@@ -900,7 +963,124 @@ def check_param_groups(fn: Callable[[nn.Module, float], list[dict[str, Any]]]) -
                     f"{got[key]}, expected {expected[key]}",
                     why,
                 )
-    _passed(name, len(models), "the cls token, the mask token and a classifier head")
+    _passed(name, len(models), "the cls and mask tokens, a classifier head and frozen blocks")
+
+
+def _copy_step_state(model: nn.Module, optimizer: Any) -> tuple[nn.Module, Any]:
+    """A deep copy of (model, optimizer), gradients included (`deepcopy` leaves them out)."""
+    import copy
+
+    model_copy, optimizer_copy = copy.deepcopy((model, optimizer))
+    for param, param_copy in zip(model.parameters(), model_copy.parameters()):
+        param_copy.grad = None if param.grad is None else param.grad.clone()
+    return model_copy, optimizer_copy
+
+
+def _step_without_zero_grad(
+    model: nn.Module, images: torch.Tensor, noise: torch.Tensor, optimizer: Any, lr: float
+) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model(images, noise=noise).loss.backward()
+    optimizer.step()
+
+
+def check_train_step(fn: Callable[..., Any]) -> None:
+    """Exercise for chapter 7: `fn(model, images, noise, optimizer, lr)`, one optimiser step that
+    returns the loss detached, against `mae_tutorial.training.train_step`, over three steps of a
+    tiny MAE with AdamW. Every parameter starts with a stale gradient, as after an earlier step,
+    and the optimiser was built with another lr, so a step must set the lr and clear the
+    gradients itself."""
+    from mae_tutorial.training import param_groups, train_step
+
+    name = "check_train_step"
+    with _private_rng():
+        config = MAEConfig.from_preset("tiny")
+        model = MaskedAutoencoder(config)
+        shape = (4, config.in_chans, config.image_size, config.image_size)
+        images = torch.randn(shape, generator=_gen(71))
+        noises = [torch.rand(4, config.num_patches, generator=_gen(72 + i)) for i in range(3)]
+        optimizer = torch.optim.AdamW(param_groups(model, 0.05), lr=0.5, betas=(0.9, 0.95))
+        for param in model.parameters():
+            param.grad = torch.randn(param.shape, generator=_gen(80))  # left by an earlier step
+    ours = _copy_step_state(model, optimizer)
+    theirs = _copy_step_state(model, optimizer)
+    for i, lr in enumerate((1e-3, 5e-4, 2e-4)):
+        case = f"step {i + 1} of 3 (lr={lr}) of the tiny MaskedAutoencoder"
+        noise = noises[i]
+        before = _copy_step_state(*ours)
+        expected = train_step(ours[0], images, noise, ours[1], lr)
+        start = [p.detach().clone() for p in theirs[0].parameters()]
+        got = _call(name, case, fn, theirs[0], images, noise, theirs[1], lr)
+        if isinstance(got, float | int):
+            raise _fail(
+                name,
+                case,
+                f"returned a Python {type(got).__name__}",
+                "return the loss as a tensor (loss.detach()): .item() makes the host wait for the "
+                "device at every step",
+            )
+        if not isinstance(got, torch.Tensor) or got.numel() != 1:
+            raise _fail(name, case, f"return the loss, a tensor of one number, got {_shape(got)}")
+        if got.requires_grad:
+            raise _fail(
+                name,
+                case,
+                "the returned loss still requires grad",
+                "detach it (loss.detach()): a loss that holds its graph keeps the whole step's "
+                "activations alive",
+            )
+        lrs = [group["lr"] for group in theirs[1].param_groups]
+        if any(not math.isclose(value, lr) for value in lrs):
+            raise _fail(
+                name,
+                case,
+                f"after the step the param groups have lr {lrs}, expected {lr} in every group",
+                "set group['lr'] = lr on every one of optimizer.param_groups before the step",
+            )
+        _compare(
+            name, case, got.reshape(()), expected, what="the loss", atol=1e-6, rtol=1e-5,
+            hint=lambda g, e: "the loss is model(images, noise=noise).loss: the noise decides "
+            "which patches are removed",
+        )  # fmt: skip
+        after = list(theirs[0].parameters())
+        if all(torch.equal(a, b) for a, b in zip(start, after)):
+            raise _fail(
+                name,
+                case,
+                "no parameter changed",
+                "call optimizer.step() after loss.backward(), and clear the gradients before "
+                "backward, not between backward and the step",
+            )
+        old_lr = before[1].param_groups[0]["lr"]
+        late = _copy_step_state(*before)
+        train_step(late[0], images, noise, late[1], old_lr)  # the lr set only after the step
+        stale_model, stale_optimizer = before
+        _step_without_zero_grad(stale_model, images, noise, stale_optimizer, lr)
+        params = zip(
+            ours[0].named_parameters(), after, stale_model.parameters(), late[0].parameters()
+        )
+        for (key, want), got_param, stale, late_param in params:
+            if not torch.allclose(got_param, want, atol=1e-6, rtol=1e-5):
+                hint = None
+                if torch.allclose(got_param, stale, atol=1e-6, rtol=1e-5):
+                    hint = (
+                        "the previous step's gradients were still there: PyTorch adds new "
+                        "gradients to old ones, so call optimizer.zero_grad() before backward"
+                    )
+                elif torch.allclose(got_param, late_param, atol=1e-6, rtol=1e-5):
+                    hint = (
+                        "the step ran with the previous lr: set the groups' lr before "
+                        "optimizer.step(), which uses the lr they hold when it runs"
+                    )
+                worst = float((got_param - want).detach().abs().max())
+                raise _fail(
+                    name,
+                    case,
+                    f"{key} differs from the reference after the step by {worst:.3g}",
+                    hint,
+                )
+    _passed(name, 3, "stale gradients and an optimiser built with another lr")
 
 
 # -------------------------------------------------------------------------- chapter 8: evaluation

@@ -11,7 +11,6 @@ run sees exactly the batches it would have seen.
 """
 
 import functools
-import math
 import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from mae_tutorial.augment import random_crop_flip, random_resized_crop_flip
 from mae_tutorial.download import (
     CIFAR10_FOLDER,
     CIFAR10_MD5,
@@ -30,6 +29,7 @@ from mae_tutorial.download import (
     read_batch,
     resolve_cifar10_folder,
 )
+from mae_tutorial.runtime import generator
 
 # Where the data is found is part of this module's API too: `load_cifar10` documents it.
 __all__ = [
@@ -251,115 +251,7 @@ def denormalize(
     return (x * _stats(std, x).to(x.dtype) + _stats(mean, x).to(x.dtype)).clamp(0, 1)
 
 
-def _uniform(
-    shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device
-) -> torch.Tensor:
-    """U[0, 1) numbers drawn on the generator's device (any device), then moved to ``device``."""
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where).to(device)
-
-
-def _check_images(images: torch.Tensor) -> None:
-    if not images.is_floating_point() or images.ndim != 4:
-        raise TypeError(
-            f"expected float images (B, C, H, W), got {images.dtype} {tuple(images.shape)}"
-        )
-
-
-def random_resized_crop_flip(
-    images: torch.Tensor,
-    size: int = 32,
-    scale: tuple[float, float] = (0.2, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """MAE's pretraining augmentation: a random-resized crop and a random horizontal flip per image.
-
-    As torchvision's ``RandomResizedCrop``: each crop covers a fraction of the area drawn from
-    ``scale`` with an aspect ratio drawn log-uniformly from ``ratio`` (ten tries, then the whole
-    image), at a uniform position; it is resized to ``size`` bilinearly. All images are done at once
-    with one affine sampling grid per image; a flip is a negative x-scale in that grid.
-
-    Shapes:
-        images: (B, C, H, W) float -> (B, C, size, size).
-    """
-    _check_images(images)
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"size must be a positive int, got {size!r}")
-    if not 0 < scale[0] <= scale[1] <= 1:
-        raise ValueError(f"scale must satisfy 0 < low <= high <= 1, got {scale}")
-    if not 0 < ratio[0] <= ratio[1]:
-        raise ValueError(f"ratio must satisfy 0 < low <= high, got {ratio}")
-    B, C, H, W = images.shape
-    u = _uniform((B, 23), generator, images.device)
-    area = scale[0] + (scale[1] - scale[0]) * u[:, :10]  # (B, 10) tries
-    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[:, 10:20])  # (B, 10)
-    width = torch.sqrt(area * aspect * H / W)  # crop width as a fraction of W
-    height = torch.sqrt(area / aspect * W / H)
-    fits = (width <= 1) & (height <= 1)  # (B, 10)
-    first = fits.int().argmax(dim=1, keepdim=True)  # (B, 1) first try that fits
-    found = fits.any(dim=1)
-    width = torch.where(found, width.gather(1, first).squeeze(1), 1.0)  # (B,)
-    height = torch.where(found, height.gather(1, first).squeeze(1), 1.0)
-    flip = torch.where(u[:, 22] < 0.5, -1.0, 1.0)
-    theta = torch.zeros(B, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = flip * width
-    theta[:, 0, 2] = (1 - width) * (2 * u[:, 20] - 1)  # crop centre, in [-1, 1] coordinates
-    theta[:, 1, 1] = height
-    theta[:, 1, 2] = (1 - height) * (2 * u[:, 21] - 1)
-    grid = F.affine_grid(theta, [B, C, size, size], align_corners=False)  # (B, size, size, 2)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
-
-
-def random_crop_flip(
-    images: torch.Tensor,
-    padding: int = 4,
-    padding_mode: str = "reflect",
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Fine-tuning augmentation: pad, take a random crop of the original size, maybe flip.
-
-    One gather does every crop and flip at once (as in cifar10-airbench): no per-image loop.
-
-    Shapes:
-        images: (B, C, H, W) float -> (B, C, H, W).
-    """
-    _check_images(images)
-    B, C, H, W = images.shape
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise ValueError(f"padding must be an int >= 0, got {padding!r}")
-    if padding_mode not in ("reflect", "constant", "replicate"):
-        raise ValueError(
-            f"padding_mode must be 'reflect', 'constant' or 'replicate', got {padding_mode!r}"
-        )
-    if padding_mode == "reflect" and padding >= min(H, W):
-        raise ValueError(f"reflect padding {padding} must be smaller than the image size {H}x{W}")
-    padded = F.pad(images, (padding,) * 4, mode=padding_mode)  # (B, C, H + 2p, W + 2p)
-    u = _uniform((B, 3), generator, images.device)
-    top = (u[:, 0] * (2 * padding + 1)).long().clamp(max=2 * padding)  # (B,)
-    left = (u[:, 1] * (2 * padding + 1)).long().clamp(max=2 * padding)
-    cols = torch.arange(W, device=images.device)
-    cols = torch.where((u[:, 2] < 0.5)[:, None], W - 1 - cols, cols)  # (B, W), reversed = flipped
-    rows = top[:, None] + torch.arange(H, device=images.device)  # (B, H)
-    cols = left[:, None] + cols
-    b = torch.arange(B, device=images.device)[:, None, None, None]
-    c = torch.arange(C, device=images.device)[None, :, None, None]
-    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
-
-
 # ------------------------------------------------------------------------------------- batching
-
-
-def _generator(device: torch.device, *values: int) -> torch.Generator:
-    """A generator seeded by mixing ``values`` (numpy's SeedSequence hash).
-
-    It lives on the GPU for CUDA data, so drawing needs no host copy (which would stall the GPU),
-    and on the CPU otherwise.
-    """
-    seed = int(np.random.SeedSequence(values).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-    where = device if device.type == "cuda" else torch.device("cpu")
-    return torch.Generator(device=where).manual_seed(seed)
 
 
 class DeviceLoader:
@@ -404,10 +296,9 @@ class DeviceLoader:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4:
-            raise TypeError(
-                f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}"
-            )
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.ndim != 4:
+            what = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else images
+            raise TypeError(f"images must be a uint8 (N, C, H, W) tensor, got {what!r:.80}")
         if labels.shape != images.shape[:1]:
             raise ValueError(f"labels must have shape ({len(images)},), got {tuple(labels.shape)}")
         if not 0 <= rank < world_size:
@@ -447,8 +338,8 @@ class DeviceLoader:
         Shapes:
             (shard_size,) int64 on the CPU.
         """
-        n, generator = len(self.images), _generator(torch.device("cpu"), self.seed, self.epoch)
-        order = torch.randperm(n, generator=generator) if self.shuffle else torch.arange(n)
+        n, g = len(self.images), generator(torch.device("cpu"), self.seed, self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         return order[: self.shard_size * self.world_size][self.rank :: self.world_size]
 
     def iter_from(self, start_batch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -467,6 +358,6 @@ class DeviceLoader:
             batch = indices[i * self.batch_size : (i + 1) * self.batch_size]
             x = normalize(self.images[batch])  # (batch, C, H, W) float32
             if self.augment is not None:
-                generator = _generator(self.device, self.seed, self.epoch, self.rank, i)
-                x = self.augment(x, generator=generator)
+                g = generator(self.device, self.seed, self.epoch, self.rank, i)
+                x = self.augment(x, generator=g)
             yield x, self.labels[batch]

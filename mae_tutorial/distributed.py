@@ -2,7 +2,8 @@
 
 `torchrun --nproc_per_node=N -m mae_tutorial pretrain ...` starts N processes and sets the
 environment variables `RANK`, `LOCAL_RANK` and `WORLD_SIZE` in each. Without them (plain `python`),
-everything here is a no-op for a single process with rank 0.
+everything here is a no-op for a single process with rank 0. The collectives (`all_reduce_sum`,
+`any_process`, `barrier`) must be called by every process, in the same order.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -99,3 +101,21 @@ def barrier(info: DistInfo) -> None:
     """Wait until every process reaches this point (no-op for a single process)."""
     if info.enabled:
         dist.barrier()
+
+
+def any_process(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether `flag` is true on any process, e.g. a signal that reached only some of them."""
+    if not info.enabled:
+        return flag
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device), info).item() > 0)
+
+
+def wrap(model: nn.Module, device: torch.device, info: DistInfo) -> nn.Module:
+    """`model` in DistributedDataParallel when there are several processes, else `model` itself.
+
+    Its buffers are not broadcast at each forward: an MAE has none that training changes.
+    """
+    if not info.enabled:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)

@@ -3,7 +3,7 @@
 Every chapter starts with the same cell: in Google Colab it installs this package from the
 repository, then everywhere it calls `setup_notebook()`, which
 
-- picks the fastest device there is (cuda, then mps, then cpu);
+- picks the fastest device there is (cuda, then mps, then cpu; `runtime.resolve_device`);
 - reads quick mode, `MAE_TUTORIAL_QUICK=1`, in which every heavy cell shrinks so the whole book
   runs in minutes on two CPU cores (CI runs the chapters this way);
 - decides where CIFAR-10 comes from: `MAE_TUTORIAL_DATA` when set, else the cache (downloading on
@@ -34,6 +34,7 @@ from mae_tutorial.data import (
     make_synthetic_cifar,
     resolve_cifar10_folder,
 )
+from mae_tutorial.runtime import resolve_device
 
 QUICK_ENV = "MAE_TUTORIAL_QUICK"
 DATA_ENV = "MAE_TUTORIAL_DATA"
@@ -69,15 +70,6 @@ class NotebookSetup:
 def is_quick() -> bool:
     """Quick mode: `MAE_TUTORIAL_QUICK=1` in the environment."""
     return os.environ.get(QUICK_ENV) == "1"
-
-
-def pick_device() -> torch.device:
-    """cuda when there is a GPU, else Apple's mps, else the CPU."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 def synthetic_data_root() -> Path:
@@ -135,7 +127,9 @@ def setup_notebook(seed: int = 0) -> NotebookSetup:
     quick = is_quick()
     torch.manual_seed(seed)
     use_png_figures()
-    return NotebookSetup(device=pick_device(), quick=quick, data_root=notebook_data_root(quick))
+    return NotebookSetup(
+        device=resolve_device("auto"), quick=quick, data_root=notebook_data_root(quick)
+    )
 
 
 def execute_notebook(path: str | Path, kernel_name: str = "python3") -> None:

@@ -26,6 +26,7 @@ import torch
 from mae_tutorial.checkpoint import load_checkpoint, load_model, model_from_state, save_checkpoint
 from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.runtime import generator
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SNAPSHOT_IMAGES = 8  # test images whose reconstructions are stored per snapshot: one per class
@@ -158,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         indices = [labels.index(c) for c in range(SNAPSHOT_IMAGES)]  # one image per class
         images = normalize(data.test_images[indices])  # (B, C, H, W)
         config = load_model(args.checkpoint).config
-        generator = torch.Generator().manual_seed(0)
-        noise = torch.rand(len(indices), config.num_patches, generator=generator)  # (B, L)
+        draw = generator(torch.device("cpu"), 0)  # the same noise for every snapshot
+        noise = torch.rand(len(indices), config.num_patches, generator=draw)  # (B, L)
         snapshots = snapshot_predictions([*args.snapshots, args.checkpoint], images, noise)
         snapshots["test_indices"] = indices
     results: dict[str, Any] = {}

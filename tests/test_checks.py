@@ -19,7 +19,7 @@ from mae_tutorial.losses import masked_mse_loss, normalize_patches
 from mae_tutorial.masking import grid_noise, random_masking
 from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
-from mae_tutorial.pretrain import lr_at, param_groups
+from mae_tutorial.training import lr_at, param_groups, train_step
 
 # ----------------------------------------------------------------- right answers, one per check
 
@@ -88,6 +88,7 @@ RIGHT: dict[str, Callable[..., Any]] = {
     "check_masked_mse_loss": masked_mse_loss,
     "check_lr_schedule": lr_at,
     "check_param_groups": param_groups,
+    "check_train_step": train_step,
     "check_topk_accuracy": topk,
     "check_knn_scores": knn_scores,
     "check_grid_noise": lambda b, g, s, gen: grid_noise(b, g, s, gen),
@@ -220,6 +221,19 @@ def _lr_warmup_off_by_one(step, total, warmup, peak, low):
     return lr_at(step, total, warmup, peak, low)
 
 
+def _lr_ends_a_step_early(step, total, warmup, peak, low):
+    if step < warmup:
+        return peak * step / warmup
+    progress = (step - warmup) / (total - 1 - warmup)
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _lr_warmup_to_the_step_before(step, total, warmup, peak, low):
+    if step < warmup:
+        return peak * step / (warmup - 1)
+    return lr_at(step, total, warmup, peak, low)
+
+
 def _groups_decay_all(model, wd):
     return [{"params": list(model.parameters()), "weight_decay": wd}]
 
@@ -228,6 +242,65 @@ def _groups_decay_tokens(model, wd):
     decay = [p for p in model.parameters() if p.ndim > 1]
     rest = [p for p in model.parameters() if p.ndim <= 1]
     return [{"params": decay, "weight_decay": wd}, {"params": rest, "weight_decay": 0.0}]
+
+
+def _groups_keep_frozen(model, wd):
+    groups = [{"params": [], "weight_decay": wd}, {"params": [], "weight_decay": 0.0}]
+    for name, param in model.named_parameters():
+        decayed = param.ndim > 1 and not name.endswith("token")
+        groups[0 if decayed else 1]["params"].append(param)
+    return groups
+
+
+def _step_no_zero_grad(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_item(model, images, noise, optimizer, lr):
+    return train_step(model, images, noise, optimizer, lr).item()
+
+
+def _step_not_detached(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
+def _step_no_lr(model, images, noise, optimizer, lr):
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_zero_grad_late(model, images, noise, optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.detach()
+
+
+def _step_lr_late(model, images, noise, optimizer, lr):
+    optimizer.zero_grad()
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    optimizer.step()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return loss.detach()
 
 
 def _knn_dot(train, labels, queries, classes, k, temperature):
@@ -361,9 +434,18 @@ WRONG: list[tuple[str, Callable[..., Any], str]] = [
     ),
     ("check_masked_mse_loss", _loss_biased, "unbiased"),
     ("check_lr_schedule", _lr_to_zero, "min_lr"),
-    ("check_lr_schedule", _lr_warmup_off_by_one, "warmup starts at 0"),
+    ("check_lr_schedule", _lr_warmup_off_by_one, "warmup off by one"),
+    ("check_lr_schedule", _lr_ends_a_step_early, "min_lr at step total_steps - 1"),
+    ("check_lr_schedule", _lr_warmup_to_the_step_before, "not at step warmup_steps - 1"),
     ("check_param_groups", _groups_decay_all, "decay weight matrices only"),
     ("check_param_groups", _groups_decay_tokens, "cls and mask tokens"),
+    ("check_param_groups", _groups_keep_frozen, "requires_grad=False"),
+    ("check_train_step", _step_no_zero_grad, "zero_grad() before backward"),
+    ("check_train_step", _step_item, ".item()"),
+    ("check_train_step", _step_not_detached, "detach"),
+    ("check_train_step", _step_no_lr, "group['lr'] = lr"),
+    ("check_train_step", _step_zero_grad_late, "not between backward and the step"),
+    ("check_train_step", _step_lr_late, "previous lr"),
     ("check_topk_accuracy", lambda s, y, k: topk(s, y, k) / 100, "percentage"),
     ("check_topk_accuracy", lambda s, y, k: topk(-s, y, k), "HIGHEST"),
     ("check_knn_scores", _knn_dot, "cosine"),
@@ -546,3 +628,60 @@ def test_check_passes_a_second_right_answer(
 ) -> None:
     getattr(checks, name)(answer)
     assert capsys.readouterr().out.startswith(f"{name} passed")
+
+
+# ------------------------------------------ chapter 7: second right answers, from the task text
+
+
+def _lr_from_the_task(step, total_steps, warmup_steps, peak_lr, min_lr):
+    if warmup_steps and step < warmup_steps:
+        return peak_lr * step / warmup_steps
+    angle = math.pi * (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(angle))
+
+
+def _groups_from_the_task(model, weight_decay):
+    trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    matrices = [p for name, p in trained if p.dim() >= 2 and not name.endswith("token")]
+    others = [p for name, p in trained if p.dim() < 2 or name.endswith("token")]
+    return [
+        {"params": others, "weight_decay": 0.0},
+        {"params": matrices, "weight_decay": weight_decay},
+    ]
+
+
+def _step_from_the_task(model, images, noise, optimizer, lr):
+    optimizer.zero_grad(set_to_none=False)
+    loss = model(images, noise=noise).loss
+    loss.backward()
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    return loss.detach()
+
+
+@pytest.mark.parametrize(
+    ("name", "answer"),
+    [
+        ("check_lr_schedule", _lr_from_the_task),
+        ("check_param_groups", _groups_from_the_task),
+        ("check_train_step", _step_from_the_task),
+    ],
+)
+def test_chapter7_checks_pass_a_second_correct_answer(
+    name: str, answer: Callable[..., Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    getattr(checks, name)(answer)
+    assert capsys.readouterr().out.startswith(f"{name} passed")
+
+
+def test_lr_check_asks_only_steps_a_run_takes() -> None:
+    asked = []
+
+    def spy(step, total, warmup, peak, low):
+        asked.append((step, total))
+        return lr_at(step, total, warmup, peak, low)
+
+    checks.check_lr_schedule(spy)
+    assert all(0 <= step < total for step, total in asked)
+    assert any(step == total - 1 for step, total in asked)

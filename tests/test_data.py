@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mae_tutorial.augment import random_resized_crop_flip
 from mae_tutorial.data import (
     CIFAR10,
     CIFAR10_CLASSES,
@@ -21,10 +22,9 @@ from mae_tutorial.data import (
     load_cifar10,
     make_synthetic_cifar,
     normalize,
-    random_crop_flip,
-    random_resized_crop_flip,
 )
 from mae_tutorial.download import CIFAR10_FOLDER
+from mae_tutorial.runtime import generator
 
 N_TRAIN, N_TEST = 500, 100  # the sizes of conftest.synthetic_root
 
@@ -123,7 +123,7 @@ def test_real_data_if_available() -> None:
     assert torch.allclose(mean, torch.tensor(CIFAR10_MEAN, dtype=mean.dtype), atol=5e-4)
 
 
-# -------------------------------------------------------------------- normalisation, augmentation
+# --------------------------------------------------------------------------------- normalisation
 
 
 def test_normalize_round_trip(data) -> None:
@@ -133,46 +133,6 @@ def test_normalize_round_trip(data) -> None:
     assert torch.allclose(denormalize(x), images / 255, atol=1e-6)
     with pytest.raises(TypeError, match="uint8"):
         normalize(x)
-
-
-def _is_self_or_mirror(out: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    same = (out - x).abs().amax(dim=(1, 2, 3)) < 1e-4
-    mirror = (out - x.flip(-1)).abs().amax(dim=(1, 2, 3)) < 1e-4
-    assert bool((same | mirror).all())
-    return mirror
-
-
-def test_resized_crop_full_scale_is_identity_or_flip(data) -> None:
-    x = normalize(data.train_images[:64])
-    g = torch.Generator().manual_seed(0)
-    out = random_resized_crop_flip(x, scale=(1.0, 1.0), ratio=(1.0, 1.0), generator=g)
-    flipped = _is_self_or_mirror(out, x)
-    assert 0 < int(flipped.sum()) < 64  # both outcomes happen
-
-
-def test_resized_crop_shapes_and_determinism(data) -> None:
-    x = normalize(data.train_images[:16])
-    out = random_resized_crop_flip(x, size=24, generator=torch.Generator().manual_seed(1))
-    assert out.shape == (16, 3, 24, 24) and out.dtype == torch.float32
-    again = random_resized_crop_flip(x, size=24, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(out, again)
-    # A crop never leaves the image, so its values stay inside each image's range.
-    assert bool((out.amax(dim=(1, 2, 3)) <= x.amax(dim=(1, 2, 3)) + 1e-5).all())
-    with pytest.raises(ValueError, match="scale"):
-        random_resized_crop_flip(x, scale=(0.5, 0.2))
-
-
-def test_random_crop_flip_matches_a_reference_crop(data) -> None:
-    x = normalize(data.train_images[:16])
-    _is_self_or_mirror(random_crop_flip(x, padding=0), x)
-    out = random_crop_flip(x, padding=4, generator=torch.Generator().manual_seed(0))
-    assert out.shape == x.shape and out.dtype == x.dtype
-    padded = torch.nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
-    for image, result in zip(padded, out, strict=True):
-        crops = [
-            image[:, top : top + 32, left : left + 32] for top in range(9) for left in range(9)
-        ]
-        assert any(torch.equal(c, result) or torch.equal(c.flip(-1), result) for c in crops)
 
 
 # ------------------------------------------------------------------------------------- batching
@@ -244,3 +204,17 @@ def test_loader_rejects_bad_arguments(data, kwargs, match) -> None:
     batch_size = kwargs.pop("batch_size", 64)
     with pytest.raises(ValueError, match=match):
         DeviceLoader(data.train_images, data.train_labels, batch_size, **kwargs)
+
+
+def test_loader_refuses_images_that_are_not_a_uint8_tensor(data) -> None:
+    for images in (data.train_images.float(), data.train_images.tolist()[:2]):
+        with pytest.raises(TypeError, match=r"uint8 \(N, C, H, W\) tensor"):
+            DeviceLoader(images, data.train_labels, 64)
+
+
+def test_loader_draws_from_runtime_generators_seeded_by_seed_and_epoch(data) -> None:
+    """The one seeding rule (runtime.generator): order by (seed, epoch), so resuming is exact."""
+    loader = _loader(data, seed=4)
+    loader.set_epoch(2)
+    order = torch.randperm(N_TRAIN, generator=generator(torch.device("cpu"), 4, 2))
+    assert torch.equal(loader.shard_indices(), order)

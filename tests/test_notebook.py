@@ -14,10 +14,10 @@ from mae_tutorial.notebook import (
     execute_notebook,
     is_quick,
     notebook_data_root,
-    pick_device,
     setup_notebook,
     synthetic_data_root,
 )
+from mae_tutorial.runtime import resolve_device
 
 
 @pytest.fixture
@@ -42,7 +42,7 @@ def test_quick_mode_is_exactly_the_value_1(
 
 
 def test_device_is_one_torch_can_use() -> None:
-    device = pick_device()
+    device = resolve_device("auto")
     assert device.type in ("cuda", "mps", "cpu")
     assert torch.zeros(1, device=device).device.type == device.type
 
@@ -90,7 +90,7 @@ def test_setup_notebook_seeds_and_reports(no_data: Path, monkeypatch: pytest.Mon
     assert torch.equal(torch.rand(3), draw)
     assert first == second
     assert first.quick and first.synthetic
-    assert first.device == pick_device()
+    assert first.device == resolve_device("auto")
 
 
 def test_execute_notebook_runs_in_order_without_timing_metadata(tmp_path: Path) -> None:
