@@ -31,7 +31,7 @@ NICE ?= nice -n 10
 JB := $(VENV)/bin/jupyter-book
 CHAPTERS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 
-.PHONY: help venv test lint format book execute export notebooks figures demo student clean
+.PHONY: help venv test test-fast lint format book execute export notebooks figures demo student clean
 
 help: ## list the targets (the default)
 	@grep -E '^[a-z][a-zA-Z_-]*:.*## ' $(MAKEFILE_LIST) \
@@ -43,18 +43,26 @@ $(PY):
 
 $(STAMP): requirements.txt pyproject.toml | $(PY)
 	$(PY) -m pip install '$(TORCH)'
-	$(PY) -m pip install -r requirements.txt -e '.[test]'
+	# requirements.txt is pyproject.toml's dependencies and extras (tests/test_requirements.py).
+	$(PY) -m pip install -r requirements.txt -e .
 	# A benchmark peer (benchmarks/train_step.py); --no-deps keeps torchvision and its CUDA torch out.
 	$(PY) -m pip install --no-deps vit-pytorch
 	touch $@
 
 venv: $(STAMP) ## create .venv and install the package, the book's and the tests' requirements
 
-test: $(STAMP) ## lint, check formatting, run the tests, then every chapter in quick mode
+test: $(STAMP) ## what CI runs: lint, check formatting, every test, every chapter in quick mode
 	$(RUFF) check .
 	$(RUFF) format --check .
 	TQDM_DISABLE=1 $(PY) -m pytest -q
 	$(MAKE) --no-print-directory notebooks
+
+# The edit-test loop: the tests marked `slow` (subprocesses, torchrun, training loops, the
+# benchmarks' smoke runs, student copies run in quick mode) and the chapters are left to `make test`.
+test-fast: $(STAMP) ## lint, check formatting, the tests not marked slow (no chapters)
+	$(RUFF) check .
+	$(RUFF) format --check .
+	TQDM_DISABLE=1 $(PY) -m pytest -q -m "not slow"
 
 # Quick mode shrinks every heavy cell; nbval runs each chapter top to bottom, fails on any error,
 # and compares the outputs of the cells tagged `nbval-check-output` with the committed ones.

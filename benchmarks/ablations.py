@@ -42,6 +42,7 @@ from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar
 from mae_tutorial.evaluate import finetune, knn_eval, linear_probe
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import TrainSettings, pretrain
+from mae_tutorial.runtime import seeded
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "mae_tutorial" / "results" / "ablations.json"
@@ -161,8 +162,8 @@ def run_variant(
     config = dataclasses.replace(base_config, **variant.config)
     settings = dataclasses.replace(base_settings, **variant.settings)
     start = time.perf_counter()
-    torch.manual_seed(settings.seed)
-    model = MaskedAutoencoder(config)
+    with seeded(settings.seed):  # the initial weights; pretraining and evaluation seed their own
+        model = MaskedAutoencoder(config)
     record: dict[str, Any] = {"question": variant.question, "pretrained": variant.pretrained}
     if variant.pretrained:
         with tempfile.TemporaryDirectory(prefix="ablation_") as folder:

@@ -9,18 +9,17 @@ One factor at a time moves away from a base config (the issue's sizes: encoder 1
 
 Two things are timed for each point, on a fixed random batch with fixed masking noise:
 
-    step       one training step as `pretrain.py` takes it: `forward_loss`, then `optimizer_step`
-               (backward and the paper's AdamW from `make_optimizer`), in fp32.
+    step       one training step as the runner takes it: the package's `train_step` (forward,
+               backward, the paper's AdamW over `param_groups`), in fp32.
     encoder    `encoder.forward_masked` alone under `torch.no_grad`: the K visible patches
                through the 12 blocks, which is what masking makes cheap.
 
 All the points' closures run interleaved in one process over several rounds and the median of
 each is reported (`common.time_interleaved`), so the ratios between points are robust to a busy
 machine; the absolute times are not. Next to each time stands the work counted by
-`torch.utils.flop_counter.FlopCounterMode` for one image (matrix products only; attention is
-counted through its explicit two products, since the counter does not see the CPU's fused
-kernel; the optimiser is not counted): GFLOP of a forward + backward, and of the encoder's
-forward alone.
+`torch.utils.flop_counter.FlopCounterMode` for one image (`common.forward_backward_flops`: matrix
+products, attention's two included, since the counts run attention on PyTorch's math backend;
+the optimiser is not counted): GFLOP of a forward + backward, and of the encoder's forward alone.
 
     python benchmarks/scaling.py                        # the issue's sizes, batch 32: minutes
     python benchmarks/scaling.py --threads 1 --out scaling.json
@@ -43,18 +42,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from common import time_interleaved
-from torch.utils.flop_counter import FlopCounterMode
+from common import Stepper, forward_backward_flops, forward_flops, median, time_interleaved
 
 from mae_tutorial import MAEConfig, MaskedAutoencoder
-from mae_tutorial.pretrain import (
-    TrainSettings,
-    forward_loss,
-    make_optimizer,
-    masking_noise,
-    optimizer_step,
-    resolve_device,
-)
+from mae_tutorial.pretrain import TrainSettings
+from mae_tutorial.runtime import resolve_device, seeded
+from mae_tutorial.training import masking_noise
 
 # The issue's sizes (MAEConfig's defaults, spelled out so the benchmark does not move with them).
 BASE = MAEConfig(
@@ -110,21 +103,18 @@ def build_paths(
 
     They share one model and one fixed batch with fixed masking noise.
     """
-    torch.manual_seed(settings.seed)
-    model = MaskedAutoencoder(config).to(device).train()
-    optimizer = make_optimizer(model, settings)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)  # fp32: no loss scaling
+    stepper = Stepper(config, settings, device)
     B, C, H, L = settings.batch_size, config.in_chans, config.image_size, config.num_patches
-    x = torch.randn(B, C, H, H, device=device)  # (B, C, H, W), as normalised images
+    with seeded(settings.seed):
+        x = torch.randn(B, C, H, H).to(device)  # (B, C, H, W), as normalised images
     noise = masking_noise(B, L, settings.seed, 0).to(device)  # (B, L)
 
     def step() -> None:
-        loss = forward_loss(model, x, noise, None)
-        optimizer_step(loss, optimizer, scaler, settings.lr)
+        stepper.step(x, noise, settings.lr)
 
     def encoder() -> None:
         with torch.no_grad():
-            model.encoder.forward_masked(x, config.mask_ratio, noise)
+            stepper.model.encoder.forward_masked(x, config.mask_ratio, noise)
 
     return step, encoder
 
@@ -132,21 +122,17 @@ def build_paths(
 def counted_flops(config: MAEConfig) -> tuple[int, int]:
     """FLOPs of one image: (forward + backward of the MAE loss, the encoder's forward alone).
 
-    Counted on a fresh model whose attention takes the explicit path (`fused = False`), so that
-    its two matrix products are seen by `FlopCounterMode`; the fused CPU kernel is not.
+    Counted on a fresh model, attention included (see `common.forward_flops`).
     """
-    torch.manual_seed(0)
-    model = MaskedAutoencoder(config)
-    for module in model.modules():
-        if hasattr(module, "fused"):
-            module.fused = False
-    image = torch.randn(1, config.in_chans, config.image_size, config.image_size)  # (1, C, H, W)
-    noise = torch.rand(1, config.num_patches)  # (1, L)
-    with FlopCounterMode(display=False) as counter:
-        model(image, noise=noise).loss.backward()
-    with FlopCounterMode(display=False) as encoder_counter, torch.no_grad():
-        model.encoder.forward_masked(image, config.mask_ratio, noise)
-    return counter.get_total_flops(), encoder_counter.get_total_flops()
+    with seeded(0):
+        model = MaskedAutoencoder(config)
+        image = torch.randn(
+            1, config.in_chans, config.image_size, config.image_size
+        )  # (1, C, H, W)
+        noise = torch.rand(1, config.num_patches)  # (1, L)
+    step = forward_backward_flops(lambda: model(image, noise=noise).loss)
+    encoder = forward_flops(lambda: model.encoder.forward_masked(image, config.mask_ratio, noise))
+    return step, encoder
 
 
 def machine() -> dict[str, object]:
@@ -228,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         paths[f"step {p.name}"], paths[f"encoder {p.name}"] = build_paths(
             p.config, settings, device
         )
-    seconds = time_interleaved(paths, device, args.warmup, args.repeats, args.steps)
+    seconds = median(time_interleaved(paths, device, args.warmup, args.repeats, args.steps))
     flops = {p.name: counted_flops(p.config) for p in points}
 
     base_step, base_encoder = seconds["step base"], seconds["encoder base"]

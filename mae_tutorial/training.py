@@ -202,7 +202,8 @@ def train_epoch(
     for offset, batch in enumerate(batches):
         images = batch[0] if isinstance(batch, tuple | list) else batch  # (B, C, H, W)
         step = first_step + offset
-        noise = noise_fn(step, images.shape[0]).to(images.device)  # (B, L)
+        noise = noise_fn(step, images.shape[0])  # (B, L), drawn on the CPU
+        noise = noise.to(images.device, non_blocking=True)  # a blocking copy would sync the GPU
         loss = train_step(
             model, images, noise, optimizer, schedule(step),
             scaler=scaler, autocast_dtype=autocast_dtype,
