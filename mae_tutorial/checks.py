@@ -6,8 +6,9 @@ included, and compares each result with the package's own implementation (or, fo
 builds no module, with the chapter's). On success it prints one line; on the first difference it
 raises `ExerciseFailed`, an `AssertionError`, whose message says which input failed and what differs:
 the shape, the value at the first differing index, and, where it recognises a common mistake (a
-transposed layout, the opposite mask convention, a loss over every patch), its name. It never shows
-the reference code. `NotImplementedError` from an unfinished stub passes through unchanged.
+transposed layout, the opposite mask convention, a loss over every patch), its name. A function
+that changes one of the tensors it was given in place fails too: callers still need their inputs.
+It never shows the reference code. `NotImplementedError` from an unfinished stub passes through unchanged.
 
 Printing is deliberate here and nowhere else in the package: a check is called from a notebook cell
 for its message, as a unit test would be from a terminal.
@@ -18,6 +19,7 @@ it, so calling one does not change what later cells draw.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -32,7 +34,7 @@ from mae_tutorial.attention import attention_weights
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.losses import masked_mse_loss, normalize_patches
 from mae_tutorial.masking import gather_tokens, random_masking
-from mae_tutorial.model import MAEEncoder, MaskedAutoencoder, ViTClassifier
+from mae_tutorial.model import MAEDecoder, MAEEncoder, MaskedAutoencoder, ViTClassifier
 from mae_tutorial.patches import patchify, unpatchify
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "check_grid_noise",
     "check_inverse_permutation",
     "check_knn_scores",
+    "check_layer_decay_groups",
     "check_lr_schedule",
     "check_mask_token_fill",
     "check_masked_mse_loss",
@@ -91,15 +94,41 @@ def _fail(name: str, case: str, problem: str, hint: str | None = None) -> Exerci
     return ExerciseFailed(message)
 
 
-def _call(name: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call the student's function on copies of the inputs, naming the case if it crashes."""
-    args = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+def _argument(fn: Callable[..., Any], position: int) -> str:
+    """The name of `fn`'s parameter at `position`, for messages."""
     try:
-        return fn(*args, **kwargs)
+        names = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        names = []
+    return f"`{names[position]}`" if position < len(names) else f"number {position + 1}"
+
+
+def _unchanged(before: torch.Tensor, after: torch.Tensor) -> bool:
+    if before.shape != after.shape or before.dtype != after.dtype:
+        return False
+    return bool(((before == after) | (before.isnan() & after.isnan())).all())
+
+
+def _call(name: str, case: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call the student's function on copies of the inputs, naming the case if it crashes, and
+    fail if it changed one of the tensors it was given: a caller's data must survive the call."""
+    given = tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
+    try:
+        result = fn(*given, **kwargs)
     except (NotImplementedError, ExerciseFailed):
         raise
     except Exception as err:
         raise _fail(name, case, f"your function raised {type(err).__name__}: {err}") from err
+    for position, (original, passed) in enumerate(zip(args, given)):
+        if isinstance(original, torch.Tensor) and not _unchanged(original, passed):
+            raise _fail(
+                name,
+                case,
+                f"your function changed its input {_argument(fn, position)} in place",
+                "leave the inputs as they are: compute the result in a new tensor "
+                "(out-of-place operations, or work on a .clone())",
+            )
+    return result
 
 
 def _index(flat: int, shape: torch.Size) -> tuple[int, ...]:
@@ -396,33 +425,6 @@ def _distinct_noise(batch: int, length: int, seed: int) -> torch.Tensor:
     return (ranks.float() + 0.5) / length  # (B, L) in (0, 1)
 
 
-def _unchanged_inputs(
-    name: str, case: str, fn: Callable[..., Any], names: tuple[str, ...]
-) -> Callable[..., Any]:
-    """`fn` wrapped so that changing one of its tensor arguments in place fails the check.
-
-    `_call` hands the student's function copies, so the check itself is safe either way; but a
-    function that overwrites its input breaks every caller that uses the input afterwards (the
-    MAE needs `ids_shuffle` and the noise after masking), so the exercises ask for new tensors.
-    """
-
-    def watched(*args: Any) -> Any:
-        before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
-        result = fn(*args)
-        for arg_name, arg, copy in zip(names, args, before):
-            if copy is not None and not torch.equal(arg, copy):
-                raise _fail(
-                    name,
-                    case,
-                    f"your function changed its input `{arg_name}` in place",
-                    f"leave `{arg_name}` as it was: write into a new tensor (the methods whose "
-                    "names end in `_` change the tensor they are called on)",
-                )
-        return result
-
-    return watched
-
-
 def check_random_masking(
     fn: Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, ...]],
 ) -> None:
@@ -441,8 +443,7 @@ def check_random_masking(
         keep = int(length * (1 - ratio))
         case = f"x of shape {(batch, length, dim)}, mask_ratio={ratio} (K = {keep})"
         visible, mask, ids_restore = random_masking(x, ratio, noise)
-        watched = _unchanged_inputs(name, case, fn, ("x", "mask_ratio", "noise"))
-        got = _call(name, case, watched, x, ratio, noise)
+        got = _call(name, case, fn, x, ratio, noise)
         if not isinstance(got, tuple | list) or len(got) != 3:
             raise _fail(name, case, "return a tuple (visible, mask, ids_restore)")
         ids_shuffle = noise.argsort(1)
@@ -508,7 +509,7 @@ def check_inverse_permutation(fn: Callable[[torch.Tensor], torch.Tensor]) -> Non
             "gather composes the permutation with itself; scatter writes "
             "ids_restore[ids_shuffle[i]] = i": ids_shuffle.gather(1, ids_shuffle),
         }
-        got = _call(name, case, _unchanged_inputs(name, case, fn, ("ids_shuffle",)), ids_shuffle)
+        got = _call(name, case, fn, ids_shuffle)
         _compare(name, case, got, expected, what="ids_restore", mistakes=mistakes)
         if got.is_floating_point():
             raise _fail(name, case, f"ids_restore must be integer indices, got {got.dtype}")
@@ -626,24 +627,26 @@ def check_encoder_flops(fn: Callable[[MAEConfig, float], int]) -> None:
 def _fill_and_unshuffle(
     x: torch.Tensor, mask_token: torch.Tensor, ids_restore: torch.Tensor
 ) -> torch.Tensor:
-    # The first steps of MAEDecoder.forward, line for line (tests check that they agree).
-    batch, length = ids_restore.shape
-    fill = mask_token.expand(batch, length + 1 - x.shape[1], -1)  # (B, L - K, E)
-    shuffled = torch.cat([x[:, 1:], fill], dim=1)  # (B, L, E), kept first
-    return torch.cat([x[:, :1], gather_tokens(shuffled, ids_restore)], dim=1)  # (B, 1 + L, E)
+    """`MAEDecoder.fill_and_unshuffle` with a given mask token (the reference of exercise 5.1)."""
+    config = MAEConfig.from_preset("tiny", decoder_embed_dim=x.shape[-1], decoder_num_heads=1)
+    with _private_rng():
+        decoder = MAEDecoder(config)
+    with torch.no_grad():
+        decoder.mask_token.copy_(mask_token)
+        return decoder.fill_and_unshuffle(x, ids_restore)  # (B, 1 + L, E)
 
 
 def check_fill_and_unshuffle(
     fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> None:
-    """Exercise 5.1: `fn(x, mask_token, ids_restore)` against the first steps of `MAEDecoder`.
+    """Exercise 5.1: `fn(x, mask_token, ids_restore)` against `MAEDecoder.fill_and_unshuffle`.
 
     Shapes:
         x: (B, 1 + K, E) with the cls token first, mask_token: (1, 1, E), ids_restore: (B, L)
         -> (B, 1 + L, E), the cls token first and every token at its patch's place.
     """
     name = "check_fill_and_unshuffle"
-    cases = [(2, 16, 4, 6), (1, 64, 16, 8), (3, 10, 1, 2), (1, 5, 4, 3)]
+    cases = [(2, 16, 4, 8), (1, 64, 16, 8), (3, 10, 1, 4), (1, 5, 4, 12)]
     for number, (batch, length, keep, width) in enumerate(cases):
         gen = _gen(120 + number)
         x = torch.randn(batch, 1 + keep, width, generator=gen)
@@ -652,23 +655,19 @@ def check_fill_and_unshuffle(
         ids_restore = ids_shuffle.argsort(1)
         case = f"x of shape {(batch, 1 + keep, width)}, ids_restore of shape {(batch, length)}"
         expected = _fill_and_unshuffle(x, mask_token, ids_restore)
+        fill = mask_token.expand(batch, length - keep, -1)  # (B, L - K, E)
         mistakes = {
+            "the tokens are still in the shuffled order (visible first, then the mask tokens): "
+            "unshuffle them with ids_restore": torch.cat([x, fill], 1),
             "you gathered with ids_shuffle's order; gather with ids_restore": _fill_and_unshuffle(
                 x, mask_token, ids_shuffle
             ),
             "the mask tokens go after the visible tokens before unshuffling": torch.cat(
-                [
-                    x[:, :1],
-                    gather_tokens(
-                        torch.cat([mask_token.expand(batch, length - keep, -1), x[:, 1:]], 1),
-                        ids_restore,
-                    ),
-                ],
-                1,
+                [x[:, :1], gather_tokens(torch.cat([fill, x[:, 1:]], 1), ids_restore)], 1
             ),
-            "the cls token must stay first and must not be shuffled": gather_tokens(
-                torch.cat([x, mask_token.expand(batch, length - keep, -1)], 1),
-                torch.cat([torch.zeros(batch, 1, dtype=torch.long), ids_restore + 1], 1),
+            "the cls token was shuffled with the patches: set x[:, :1] aside, fill and unshuffle "
+            "x[:, 1:] only, then put the cls token back in front": torch.cat(
+                [x[:, :1], gather_tokens(torch.cat([x, fill], 1), ids_restore)], 1
             ),
         }
         got = _call(name, case, fn, x, mask_token, ids_restore)
@@ -1088,13 +1087,13 @@ def check_train_step(fn: Callable[..., Any]) -> None:
 
 def check_topk_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, int], float]) -> None:
     """Exercise for chapter 8: `fn(scores, labels, k)`, the percentage (0-100) of rows whose label
-    is among the k highest scores, against `mae_tutorial.evaluate.topk_accuracy(scores, labels,
+    is among the k highest scores, against `mae_tutorial.probe.topk_accuracy(scores, labels,
     ks=(k,))[k]` (the package's version takes several k at once and returns a dict).
 
     Shapes:
         scores: (N, classes), labels: (N,) -> a float.
     """
-    from mae_tutorial.evaluate import topk_accuracy
+    from mae_tutorial.probe import topk_accuracy
 
     name = "check_topk_accuracy"
     cases = [(50, 10, 1), (50, 10, 5), (7, 3, 2), (1, 10, 1), (20, 4, 4), (30, 100, 10)]
@@ -1122,15 +1121,22 @@ def check_topk_accuracy(fn: Callable[[torch.Tensor, torch.Tensor, int], float]) 
     _passed(name, len(cases), "a single row and k equal to the number of classes")
 
 
+def _votes(
+    labels: torch.Tensor, index: torch.Tensor, weights: torch.Tensor, classes: int
+) -> torch.Tensor:
+    """Per class, the sum of the neighbours' weights: (M, k) indices and weights -> (M, classes)."""
+    return torch.zeros(len(index), classes).scatter_add_(1, labels[index], weights)
+
+
 def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
     """Exercise for chapter 8: `fn(train_features, train_labels, query_features, num_classes, k=...,
-    temperature=...)` against `mae_tutorial.evaluate.knn_scores`: each of the k most cosine-similar
+    temperature=...)` against `mae_tutorial.probe.knn_scores`: each of the k most cosine-similar
     training points votes for its label with weight exp(similarity / temperature).
 
     Shapes:
         train_features: (N, D), train_labels: (N,), query_features: (M, D) -> (M, num_classes).
     """
-    from mae_tutorial.evaluate import knn_scores
+    from mae_tutorial.probe import knn_scores
 
     name = "check_knn_scores"
     cases = [
@@ -1146,21 +1152,111 @@ def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
         queries = torch.randn(m, dim, generator=gen)
         case = f"{n} training points of width {dim}, {m} queries, {classes} classes, k={k}, temperature={temperature}"
         expected = knn_scores(train, labels, queries, classes, k=k, temperature=temperature)
-        similarity = F.normalize(queries) @ F.normalize(train).T  # (M, N)
-        top, index = similarity.topk(k, dim=1)
-        uniform = torch.zeros(m, classes).scatter_add_(1, labels[index], torch.ones_like(top))
-        raw = queries @ train.T  # (M, N), not cosine
-        top_raw, index_raw = raw.topk(k, dim=1)
-        dot = torch.zeros(m, classes).scatter_add_(
-            1, labels[index_raw], (top_raw / temperature).exp()
-        )
+        top, index = (F.normalize(queries) @ F.normalize(train).T).topk(k, dim=1)  # (M, k)
+        top_raw, index_raw = (queries @ train.T).topk(k, dim=1)  # (M, k), not cosine
         mistakes = {
-            "weight each vote by exp(similarity / temperature)": uniform,
-            "use cosine similarity: normalise the features to unit length first": dot,
+            "weight each vote by exp(similarity / temperature), not 1": _votes(
+                labels, index, torch.ones_like(top), classes
+            ),
+            "divide the similarity by the temperature before exp: exp(similarity / temperature)": (
+                _votes(labels, index, top.exp(), classes)
+            ),
+            "the weight is exp(similarity / temperature), not similarity / temperature": _votes(
+                labels, index, top / temperature, classes
+            ),
+            "use cosine similarity: normalise the features to unit length first": _votes(
+                labels, index_raw, (top_raw / temperature).exp(), classes
+            ),
         }
         got = _call(name, case, fn, train, labels, queries, classes, k=k, temperature=temperature)
         _compare(name, case, got, expected, what="the votes", mistakes=mistakes, rtol=1e-4)
-    _passed(name, len(cases), "k = 1, k = N and a class no training point has")
+    _passed(name, len(cases), "k = 1, k = N, temperature 1 and a class no training point has")
+
+
+def _decay_hint(param_name: str, shape: tuple[int, ...], got: float, decay: float) -> str:
+    if len(shape) == 1:
+        return "1-D parameters (biases, norm weights) get no weight decay"
+    if param_name.endswith(("cls_token", "mask_token")):
+        return "the cls and mask tokens get no weight decay (the official no_weight_decay list)"
+    return f"weight matrices keep weight_decay={decay}; only 1-D parameters and the tokens get 0"
+
+
+def _scale_hint(param_name: str, depth: int, got: float, decay: float) -> str | None:
+    """Name the mistake behind a wrong lr scale, from the parameter's part of the model."""
+    if param_name.startswith(("head.", "encoder.norm.")):
+        return "the head and the final norm are not decayed: their lr_scale is 1"
+    if param_name.startswith("encoder.blocks."):
+        i = int(param_name.split(".")[2])
+        for power in (depth - i + 1, depth - i - 1, i, i + 1):
+            if math.isclose(got, decay**power, rel_tol=1e-6):
+                return (
+                    f"off by one in the layer ids? block i (0-based) gets layer_decay ** "
+                    f"(depth - i); here block {i} of {depth}, so the power is {depth - i}, "
+                    f"yours looks like {power}"
+                )
+        return "block i (0-based) gets layer_decay ** (depth - i): the last block is one step below the head"
+    return "the patch embedding and the tokens sit below block 0: layer_decay ** (depth + 1)"
+
+
+def check_layer_decay_groups(fn: Callable[[nn.Module, float, float], list[dict[str, Any]]]) -> None:
+    """Exercise for chapter 8: `fn(model, weight_decay, layer_decay)`, AdamW groups with layer-wise
+    lr decay for a `ViTClassifier`, against `mae_tutorial.lr_decay.layer_decay_param_groups`:
+    compared per parameter as (lr_scale, weight_decay); frozen parameters belong to no group."""
+    from mae_tutorial.lr_decay import freeze_all_but_last, layer_decay_param_groups
+
+    name = "check_layer_decay_groups"
+    with _private_rng():
+        tiny = MAEConfig.from_preset("tiny")
+        models = [
+            ("a ViTClassifier of depth 2", ViTClassifier(tiny), 0.05, 0.75),
+            (
+                "a ViTClassifier of depth 4",
+                ViTClassifier(MAEConfig.from_preset("tiny", depth=4)),
+                0.1,
+                0.5,
+            ),
+            (
+                "a ViTClassifier of depth 3 with all but its last block frozen",
+                freeze_all_but_last(ViTClassifier(MAEConfig.from_preset("tiny", depth=3)), 1),
+                0.05,
+                0.65,
+            ),
+        ]
+    for label, model, decay, layer_decay in models:
+        case = f"{label}, weight_decay={decay}, layer_decay={layer_decay}"
+        depth = len(model.encoder.blocks)
+        reference = layer_decay_param_groups(model, weight_decay=decay, layer_decay=layer_decay)
+        groups = _call(name, case, fn, model, decay, layer_decay)
+        got_decay = _decays(groups, model, name, case)
+        if any("lr_scale" not in group for group in groups):
+            raise _fail(name, case, "every group needs an 'lr_scale' for the schedule to multiply")
+        names = {id(p): n for n, p in model.named_parameters()}
+        got_scale = {names[id(p)]: float(g["lr_scale"]) for g in groups for p in g["params"]}
+        expected_decay = _decays(reference, model, name, case)
+        expected_scale = {names[id(p)]: g["lr_scale"] for g in reference for p in g["params"]}
+        frozen = sorted(set(got_decay) - set(expected_decay))
+        if frozen:
+            raise _fail(
+                name, case, f"{frozen[0]} is frozen (requires_grad=False) but is in a group",
+                "leave out parameters that do not require gradients",
+            )  # fmt: skip
+        missing = sorted(set(expected_decay) - set(got_decay))
+        if missing:
+            raise _fail(name, case, f"{len(missing)} parameters are in no group, e.g. {missing[0]}")
+        for key, expected in expected_scale.items():
+            if not math.isclose(got_scale[key], expected, rel_tol=1e-6):
+                raise _fail(
+                    name, case, f"{key} gets lr_scale {got_scale[key]:.6g}, expected {expected:.6g}",
+                    _scale_hint(key, depth, got_scale[key], layer_decay),
+                )  # fmt: skip
+        for key, expected in expected_decay.items():
+            if not math.isclose(got_decay[key], expected):
+                shape = tuple(model.get_parameter(key).shape)
+                raise _fail(
+                    name, case, f"{key} (shape {shape}) gets weight decay {got_decay[key]}, "
+                    f"expected {expected}", _decay_hint(key, shape, got_decay[key], decay),
+                )  # fmt: skip
+    _passed(name, len(models), "depths 2 to 4 and a partly frozen classifier")
 
 
 # ------------------------------------------------------------------------- chapter 9: ablations

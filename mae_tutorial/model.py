@@ -5,7 +5,9 @@
            -> decoder_embed -> append mask tokens, unshuffle -> + decoder positions -> decoder blocks
            -> per-patch pixel prediction -> MSE on the masked patches
 
-`ViTClassifier` is the same `MAEEncoder` with a linear head, for fine-tuning and evaluation.
+The encoder is chapter 4's (`mae_tutorial.encoder`, imported here, so `from mae_tutorial.model
+import MAEEncoder` works too). `ViTClassifier` is the same `MAEEncoder` with a linear head, for
+fine-tuning and evaluation.
 """
 
 from __future__ import annotations
@@ -17,121 +19,24 @@ import torch
 from torch import nn
 
 from mae_tutorial.config import MAEConfig
+from mae_tutorial.encoder import MAEEncoder, check_images, init_weights
 from mae_tutorial.losses import masked_mse_loss
-from mae_tutorial.masking import gather_tokens, random_masking
-from mae_tutorial.patches import PatchEmbed, patchify
+from mae_tutorial.masking import gather_tokens
+from mae_tutorial.patches import patchify
 from mae_tutorial.pos_embed import sincos_pos_embed_2d
 from mae_tutorial.transformer import Block
 
+__all__ = [
+    "MAEDecoder",
+    "MAEEncoder",
+    "MAEOutput",
+    "MaskedAutoencoder",
+    "ViTClassifier",
+    "check_images",
+    "init_weights",
+]
 
-def init_weights(module: nn.Module) -> None:
-    """The official MAE's initialisation: xavier-uniform linear layers, zero biases, unit norms."""
-    if isinstance(module, nn.Linear):
-        nn.init.xavier_uniform_(module.weight)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.LayerNorm):
-        nn.init.ones_(module.weight)
-        nn.init.zeros_(module.bias)
-
-
-def check_images(images: torch.Tensor, config: MAEConfig) -> None:
-    """Raise `ValueError` unless `images` is a (B, C, H, W) batch of the size `config` expects."""
-    expected = (config.in_chans, config.image_size, config.image_size)
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(
-            f"expected images of shape (B, {expected[0]}, {expected[1]}, {expected[2]}) "
-            f"(in_chans={config.in_chans}, image_size={config.image_size}), "
-            f"got shape {tuple(images.shape)}"
-        )
-    if not images.is_floating_point():
-        raise TypeError(
-            f"expected float images normalised with CIFAR10_MEAN/CIFAR10_STD, got dtype "
-            f"{images.dtype}; convert uint8 batches with mae_tutorial.data.normalize"
-        )
-
-
-class MAEEncoder(nn.Module):
-    """ViT encoder with a cls token and fixed 2-D sin-cos positions.
-
-    Shapes:
-        forward: images (B, C, H, W) -> tokens (B, 1 + L, D), after the final LayerNorm.
-        forward_masked: images -> latent (B, 1 + K, D), mask (B, L), ids_restore (B, L).
-        forward_features: images -> (B, D).
-    """
-
-    def __init__(self, config: MAEConfig) -> None:
-        super().__init__()
-        self.config = config
-        d = config.embed_dim
-        self.patch_embed = PatchEmbed(config.patch_size, config.in_chans, d)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
-        pos = sincos_pos_embed_2d(d, config.grid_size, cls_token=True)
-        self.register_buffer("pos_embed", pos[None])  # (1, 1 + L, D), fixed
-        if config.mask_token_in_encoder:
-            self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
-        rates = torch.linspace(0, config.drop_path, config.depth).tolist()
-        self.blocks = nn.ModuleList(
-            Block(d, config.num_heads, config.mlp_hidden_dim, config.layer_norm_eps, rate)
-            for rate in rates
-        )
-        self.norm = nn.LayerNorm(d, eps=config.layer_norm_eps)
-
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch embeddings plus positions, without the cls token.
-
-        Shapes:
-            images: (B, C, H, W) -> (B, L, D).
-        """
-        check_images(images, self.config)
-        return self.patch_embed(images) + self.pos_embed[:, 1:]  # (B, L, D)
-
-    def run_blocks(self, x: torch.Tensor) -> torch.Tensor:
-        """Prepend the cls token, apply the blocks and the final norm.
-
-        Shapes:
-            x: (B, N, D) -> (B, 1 + N, D).
-        """
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)  # (B, 1, D)
-        x = torch.cat([cls, x], dim=1)  # (B, 1 + N, D)
-        for block in self.blocks:
-            x = block(x)
-        return self.norm(x)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.run_blocks(self.embed(images))  # (B, 1 + L, D)
-
-    def forward_masked(
-        self, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Encode only the visible patches (or, in the mask-token ablation, mask tokens too).
-
-        Returns:
-            latent: encoded cls + visible tokens, in `random_masking`'s kept order; with
-                `config.mask_token_in_encoder`, cls + all L tokens in the original order.
-            mask: 1 = removed (masked), 0 = kept (visible).
-            ids_restore: the permutation that undoes the shuffle.
-
-        Shapes:
-            images: (B, C, H, W), noise: (B, L) -> latent (B, 1 + K, D) (or (B, 1 + L, D)),
-            mask (B, L), ids_restore (B, L).
-        """
-        x = self.embed(images)  # (B, L, D)
-        visible, mask, ids_restore = random_masking(x, mask_ratio, noise)  # (B, K, D)
-        if self.config.mask_token_in_encoder:
-            m = mask.unsqueeze(-1)  # (B, L, 1)
-            visible = x * (1 - m) + (self.mask_token + self.pos_embed[:, 1:]) * m  # (B, L, D)
-        return self.run_blocks(visible), mask, ids_restore
-
-    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
-        """One feature vector per image from the unmasked encoder: mean of the patch tokens, or
-        the cls token (`config.pool`). Linear probing, kNN and the classifier head use it.
-
-        Shapes:
-            images: (B, C, H, W) -> (B, D).
-        """
-        tokens = self.forward(images)  # (B, 1 + L, D)
-        return tokens[:, 1:].mean(dim=1) if self.config.pool == "mean" else tokens[:, 0]
+MAX_CLASSES = 100_000  # a classifier head's outputs, checked before its memory is allocated
 
 
 class MAEDecoder(nn.Module):
@@ -157,14 +62,30 @@ class MAEDecoder(nn.Module):
         self.norm = nn.LayerNorm(e, eps=config.layer_norm_eps)
         self.pred = nn.Linear(e, config.patch_dim)
 
+    def fill_and_unshuffle(self, x: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        """Append one mask token per removed patch and put every token back at its patch's place.
+
+        In the mask-token ablation (`config.mask_token_in_encoder`) the encoder has already filled
+        the gaps in the original order, so `x` is returned as it is.
+
+        Args:
+            x: the projected latent, the cls token first, then the K visible tokens in
+                `random_masking`'s kept order.
+            ids_restore: the permutation that undoes the shuffle.
+
+        Shapes:
+            x: (B, 1 + K, E), ids_restore: (B, L) -> (B, 1 + L, E), the cls token first.
+        """
+        if self.config.mask_token_in_encoder:
+            return x  # (B, 1 + L, E) already
+        batch, length = ids_restore.shape
+        fill = self.mask_token.expand(batch, length + 1 - x.shape[1], -1)  # (B, L - K, E)
+        shuffled = torch.cat([x[:, 1:], fill], dim=1)  # (B, L, E) in kept-first order
+        return torch.cat([x[:, :1], gather_tokens(shuffled, ids_restore)], dim=1)  # (B, 1 + L, E)
+
     def forward(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
         x = self.decoder_embed(latent)  # (B, 1 + K, E)
-        if not self.config.mask_token_in_encoder:
-            batch, length = ids_restore.shape
-            fill = self.mask_token.expand(batch, length + 1 - x.shape[1], -1)  # (B, L - K, E)
-            shuffled = torch.cat([x[:, 1:], fill], dim=1)  # (B, L, E) in kept-first order
-            x = torch.cat([x[:, :1], gather_tokens(shuffled, ids_restore)], dim=1)  # (B, 1 + L, E)
-        x = x + self.decoder_pos_embed
+        x = self.fill_and_unshuffle(x, ids_restore) + self.decoder_pos_embed  # (B, 1 + L, E)
         for block in self.blocks:
             x = block(x)
         return self.pred(self.norm(x))[:, 1:]  # (B, L, P*P*C), cls dropped
@@ -226,13 +147,32 @@ class MaskedAutoencoder(nn.Module):
         """
         return self.encoder.forward_features(images)
 
+    @classmethod
+    def from_pretrained(
+        cls, name: str = "cifar10-cpu", map_location: str | torch.device = "cpu"
+    ) -> MaskedAutoencoder:
+        """A reference model shipped with the package, in fp32 and eval mode, by name.
+
+        The Hugging Face spelling of `mae_tutorial.pretrained.pretrained(name)`, which it calls.
+
+        Args:
+            name: one of `mae_tutorial.pretrained.available()`.
+            map_location: where the weights are loaded.
+
+        Raises:
+            ValueError: no shipped model has that name (the message lists them).
+        """
+        from mae_tutorial.pretrained import pretrained  # it imports this module: import late
+
+        return pretrained(name, map_location=map_location)
+
 
 class ViTClassifier(nn.Module):
     """The MAE's encoder with a linear head: a plain ViT classifier.
 
     Args:
         config: the encoder's sizes (the decoder fields are unused); kept as `.config`.
-        num_classes: outputs of the head.
+        num_classes: outputs of the head, at most `MAX_CLASSES` (ImageNet-21k has 21,841).
 
     Shapes:
         images: (B, C, H, W) -> logits (B, num_classes).
@@ -240,8 +180,12 @@ class ViTClassifier(nn.Module):
 
     def __init__(self, config: MAEConfig, num_classes: int = 10) -> None:
         super().__init__()
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        if not isinstance(config, MAEConfig):
+            raise TypeError(f"expected an MAEConfig, got {type(config).__name__}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool):
+            raise ValueError(f"num_classes must be an integer, got {num_classes!r}")
+        if not 1 <= num_classes <= MAX_CLASSES:
+            raise ValueError(f"num_classes must lie in [1, {MAX_CLASSES}], got {num_classes!r}")
         self.config = config
         self.num_classes = num_classes
         self.encoder = MAEEncoder(config)

@@ -471,28 +471,3 @@ class _Run:
                     signum = self.received[0] if self.received else signal.SIGTERM  # another's
                     raise TrainingInterrupted(signum, self.step, saved)
         return self.history
-
-
-# Transition (issue 13): the old names, for callers not yet moved to `runtime` and `training`
-# (evaluate.py, __main__.py, benchmarks/). Delete once none is left.
-AMP_MODES = runtime.AMP_MODES
-resolve_device = runtime.resolve_device
-
-
-def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    dtype = runtime.autocast_dtype(mode, device)
-    return dtype, runtime.needs_grad_scaler(dtype)
-
-
-def forward_loss(net: nn.Module, x: torch.Tensor, noise: torch.Tensor, dtype: Any) -> torch.Tensor:
-    with torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
-        return net(x, noise=noise).loss
-
-
-def optimizer_step(loss: torch.Tensor, optimizer: Any, scaler: Any, lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.step(optimizer)
-    scaler.update()

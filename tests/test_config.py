@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from mae_tutorial.config import PRESETS, MAEConfig
+from mae_tutorial.config import MAX_PARAMETERS, PRESETS, MAEConfig
 from mae_tutorial.model import MaskedAutoencoder
 
 
@@ -165,3 +165,123 @@ def test_tiny_training_step_is_fast(tiny: MAEConfig) -> None:
 
     step()  # warm-up
     assert statistics.median(step() for _ in range(3)) < 2.0
+
+
+# ---------------------------------------------------------------- types and finiteness (issue 15)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (
+            {"norm_pix_loss": "no"},
+            r"norm_pix_loss must be True or False \(a bool\), got 'no' \(str\)",
+        ),
+        ({"mask_token_in_encoder": "False"}, r"mask_token_in_encoder .*got 'False' \(str\)"),
+        ({"norm_pix_loss": 1}, r"norm_pix_loss .*got 1 \(int\)"),
+        ({"mask_token_in_encoder": None}, r"mask_token_in_encoder .*got None"),
+        ({"depth": True}, r"depth must be an integer .*got True \(bool\)"),
+        ({"embed_dim": "192"}, r"embed_dim must be an integer .*got '192' \(str\)"),
+        ({"patch_size": 4.0}, r"patch_size must be an integer .*got 4.0 \(float\)"),
+        ({"mlp_ratio": float("nan")}, r"mlp_ratio must be a finite number in \(0, 16.0\], got nan"),
+        ({"mlp_ratio": float("inf")}, r"mlp_ratio must be a finite number .*got inf"),
+        ({"mlp_ratio": "4"}, r"mlp_ratio must be a finite number .*got '4' \(str\)"),
+        ({"mlp_ratio": True}, r"mlp_ratio .*got True \(bool\)"),
+        ({"mlp_ratio": 1e-9}, r"mlp_ratio=1e-09 gives an MLP of width 0"),
+        ({"layer_norm_eps": float("nan")}, r"layer_norm_eps must be a finite number .*got nan"),
+        ({"layer_norm_eps": float("inf")}, r"layer_norm_eps .*got inf"),
+        (
+            {"layer_norm_eps": -1e-6},
+            r"layer_norm_eps must be a finite number in \(0, 1\], got -1e-06",
+        ),
+        ({"mask_ratio": float("nan")}, r"mask_ratio must be a finite number .*got nan"),
+        ({"drop_path": float("nan")}, r"drop_path must be a finite number .*got nan"),
+        ({"drop_path": -0.1}, r"drop_path must be a finite number in \[0, 1\), got -0.1"),
+        ({"pool": None}, r"pool must be 'mean' or 'cls', got None"),
+        ({"pool": ["mean"]}, r"pool must be 'mean' or 'cls'"),
+    ],
+)
+def test_wrong_types_and_non_finite_values_are_refused(overrides: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        MAEConfig(**overrides)
+
+
+def test_a_checkpoint_config_goes_through_the_same_checks() -> None:
+    stored = MAEConfig().to_dict() | {"norm_pix_loss": "no"}
+    with pytest.raises(ValueError, match="norm_pix_loss .*'no'"):
+        MAEConfig.from_dict(stored)
+    stored = MAEConfig().to_dict() | {"layer_norm_eps": float("nan")}
+    with pytest.raises(ValueError, match="layer_norm_eps .*nan"):
+        MAEConfig.from_dict(stored)
+    with pytest.raises(ValueError, match="expected a dict of MAEConfig fields, got list"):
+        MAEConfig.from_dict([("depth", 3)])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"unknown MAEConfig fields \[1\]"):
+        MAEConfig.from_dict({1: 2})  # type: ignore[dict-item]
+
+
+def test_ints_given_for_float_fields_are_accepted() -> None:
+    assert MAEConfig(mlp_ratio=4) == MAEConfig(mlp_ratio=4.0)
+    assert MAEConfig(drop_path=0).drop_path == 0
+
+
+# ---------------------------------------------------------------- size bounds (issue 15 item 1)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        ({"decoder_depth": 100_000}, r"decoder_depth must be an integer in \[1, 64\], got 100000"),
+        ({"depth": 65}, r"depth must be an integer in \[1, 64\], got 65"),
+        (
+            {"decoder_embed_dim": 2**20, "decoder_num_heads": 4},
+            r"decoder_embed_dim must be an integer in \[1, 4096\], got 1048576",
+        ),
+        ({"embed_dim": 2**22, "num_heads": 4}, r"embed_dim must be an integer in \[1, 4096\]"),
+        (
+            {"image_size": 2**20, "patch_size": 2**10},
+            r"image_size must be an integer in \[1, 4096\]",
+        ),
+        ({"image_size": 4096, "patch_size": 1}, r"16777216 patches .*at most MAX_PATCHES = 4096"),
+        ({"in_chans": 10_000}, r"in_chans must be an integer in \[1, 64\]"),
+        ({"mlp_ratio": 1000.0}, r"mlp_ratio must be a finite number in \(0, 16.0\], got 1000.0"),
+        (
+            {"embed_dim": 4096, "depth": 64, "num_heads": 16},
+            r"asks for 12,889,846,832 parameters .*at most MAX_PARAMETERS = 1,000,000,000",
+        ),
+    ],
+)
+def test_sizes_are_bounded_before_anything_is_allocated(overrides: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        MAEConfig(**overrides)
+
+
+def test_a_checkpoint_asking_for_a_huge_model_is_refused_before_building_it() -> None:
+    stored = MAEConfig().to_dict() | {"embed_dim": 2**22, "num_heads": 4}
+    with pytest.raises(ValueError, match="embed_dim must be an integer in"):
+        MAEConfig.from_dict(stored)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize(
+    "change", [{}, {"mask_token_in_encoder": True}, {"mlp_ratio": 2.5, "patch_size": 8}]
+)
+def test_num_parameters_counts_the_built_model(name: str, change: dict) -> None:
+    config = dataclasses.replace(PRESETS[name], **change)
+    model = MaskedAutoencoder(config)
+    assert config.num_parameters == sum(p.numel() for p in model.parameters())
+
+
+def test_the_limits_admit_the_papers_models_and_lie_far_above_the_presets() -> None:
+    vit_h = MAEConfig(
+        image_size=224,
+        patch_size=14,
+        embed_dim=1280,
+        depth=32,
+        num_heads=16,
+        decoder_embed_dim=512,
+        decoder_depth=8,
+        decoder_num_heads=16,
+    )
+    assert 600e6 < vit_h.num_parameters < MAX_PARAMETERS  # about 657 million
+    largest = max(config.num_parameters for config in PRESETS.values())
+    assert MAX_PARAMETERS > 100 * largest

@@ -387,3 +387,91 @@ def test_classifier_drop_path_changes_training_outputs_only(tiny: MAEConfig, mak
     assert torch.equal(classifier(images), classifier(images))
     classifier.train()
     assert not torch.equal(classifier(images), classifier(images))
+
+
+# ---------------------------------------------------------------- fill_and_unshuffle
+
+
+def test_fill_and_unshuffle_puts_every_token_at_its_patch(tiny: MAEConfig) -> None:
+    """Label the visible tokens with their patch index and the mask token with -1: after
+    unshuffling, each visible place holds its own index and each removed place -1."""
+    decoder = MAEDecoder(dataclasses.replace(tiny, decoder_embed_dim=4, decoder_num_heads=1))
+    B, L, K = 3, tiny.num_patches, tiny.num_visible
+    noise = torch.rand(B, L)
+    ids_shuffle = noise.argsort(1)
+    ids_restore = ids_shuffle.argsort(1)
+    kept = ids_shuffle[:, :K].float()[..., None].expand(-1, -1, 4)  # (B, K, E): patch index
+    x = torch.cat([torch.full((B, 1, 4), 100.0), kept], dim=1)  # (B, 1 + K, E), cls = 100
+    with torch.no_grad():
+        decoder.mask_token.fill_(-1.0)
+        out = decoder.fill_and_unshuffle(x, ids_restore)
+    assert out.shape == (B, 1 + L, 4)
+    assert (out[:, 0] == 100).all(), "the cls token stays first"
+    mask = torch.ones(B, L)
+    mask.scatter_(1, ids_shuffle[:, :K], 0.0)  # 1 = removed
+    places = out[:, 1:, 0]  # (B, L)
+    positions = torch.arange(L).float().expand(B, L)
+    assert torch.equal(places[mask == 0], positions[mask == 0])
+    assert (places[mask == 1] == -1).all()
+
+
+def test_decoder_forward_goes_through_fill_and_unshuffle(
+    tiny: MAEConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoder = MAEDecoder(tiny)
+    calls = []
+    original = MAEDecoder.fill_and_unshuffle
+
+    def spy(self, x, ids_restore):
+        calls.append(tuple(x.shape))
+        return original(self, x, ids_restore)
+
+    monkeypatch.setattr(MAEDecoder, "fill_and_unshuffle", spy)
+    latent = torch.randn(2, 1 + tiny.num_visible, tiny.embed_dim)
+    decoder(latent, torch.rand(2, tiny.num_patches).argsort(1))
+    assert calls == [(2, 1 + tiny.num_visible, tiny.decoder_embed_dim)]
+
+
+def test_fill_and_unshuffle_leaves_the_mask_token_ablation_alone(tiny: MAEConfig) -> None:
+    decoder = MAEDecoder(dataclasses.replace(tiny, mask_token_in_encoder=True))
+    x = torch.randn(2, 1 + tiny.num_patches, tiny.decoder_embed_dim)
+    assert decoder.fill_and_unshuffle(x, torch.rand(2, tiny.num_patches).argsort(1)) is x
+
+
+# ---------------------------------------------------------------- from_pretrained
+
+
+def test_from_pretrained_loads_the_shipped_model_as_pretrained_does() -> None:
+    from mae_tutorial.pretrained import pretrained
+
+    ours = MaskedAutoencoder.from_pretrained("cifar10-cpu")
+    theirs = pretrained("cifar10-cpu")
+    assert isinstance(ours, MaskedAutoencoder) and not ours.training
+    assert ours.config == theirs.config
+    mine, other = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(other)
+    for key in mine:
+        assert mine[key].dtype == torch.float32, key
+        assert torch.equal(mine[key], other[key]), key
+    assert MaskedAutoencoder.from_pretrained().config == ours.config  # "cifar10-cpu" by default
+
+
+def test_from_pretrained_unknown_name_lists_the_shipped_ones() -> None:
+    with pytest.raises(ValueError, match=r"no shipped model named 'nope'.*cifar10-cpu"):
+        MaskedAutoencoder.from_pretrained("nope")
+
+
+@pytest.mark.parametrize(
+    ("num_classes", "pattern"),
+    [(0, r"\[1, 100000\], got 0"), (10**9, "got 1000000000"), (2.0, "integer"), (True, "True")],
+)
+def test_classifier_head_size_is_checked_before_allocation(
+    tiny: MAEConfig, num_classes, pattern: str
+) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        ViTClassifier(tiny, num_classes=num_classes)
+
+
+def test_classifier_refuses_a_config_that_is_not_one(tiny: MAEConfig) -> None:
+    with pytest.raises(TypeError, match="expected an MAEConfig, got dict"):
+        ViTClassifier(tiny.to_dict())  # type: ignore[arg-type]
