@@ -428,7 +428,8 @@ def _distinct_noise(batch: int, length: int, seed: int) -> torch.Tensor:
 def check_random_masking(
     fn: Callable[[torch.Tensor, float, torch.Tensor], tuple[torch.Tensor, ...]],
 ) -> None:
-    """Exercise 3.1: `fn(x, mask_ratio, noise)` against `mae_tutorial.masking.random_masking`.
+    """Exercise 3.1: `fn(x, mask_ratio, noise)` against `mae_tutorial.masking.random_masking`;
+    `x` and `noise` must come back unchanged.
 
     Shapes:
         x: (B, L, D), noise: (B, L) -> visible (B, K, D), mask (B, L) with 1 = removed,
@@ -491,7 +492,8 @@ def check_random_masking(
 
 
 def check_inverse_permutation(fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
-    """Exercise 3.2: `fn(ids_shuffle)` returns the inverse permutation, as argsort would.
+    """Exercise 3.2: `fn(ids_shuffle)` returns the inverse permutation, as argsort would, and
+    leaves `ids_shuffle` unchanged.
 
     Shapes:
         ids_shuffle: (B, L) int64 -> ids_restore (B, L) int64.

@@ -76,7 +76,8 @@ class PatchEmbed(nn.Module):
     """Linear projection of flattened patches: the ViT's "16x16 words", here P x P.
 
     A linear layer on `patchify`'s output is the same map as a Conv2d with kernel = stride = P (the
-    weight reshaped); the linear form lets the MAE embed only the patches it keeps.
+    weight reshaped, see `conv_weight`). The MAE's encoder embeds all L patches and masks afterwards,
+    as the official code does.
 
     Shapes:
         images: (B, C, H, W) -> (B, L, D).

@@ -95,9 +95,12 @@ def prediction_to_images(
     With normalised-pixel targets (`norm_pix`) the model predicts every patch normalised by its
     own mean and variance, and a picture needs some mean and variance to undo that with:
 
-    - `stats="true"`: those of the true patch at that place, as the official demo notebook does.
-      Exact for visible patches; for removed ones it borrows two numbers per patch (brightness and
-      contrast) that the model never saw, so the picture flatters the model.
+    - `stats="true"`: those of the true patch at that place. Exact for visible patches; for
+      removed ones it borrows two numbers per patch (brightness and contrast) that the model never
+      saw, so the picture flatters the model. Unofficial re-implementations draw this way (e.g.
+      MAE-pytorch's `run_mae_vis.py`, github.com/pengzhiliang/MAE-pytorch). The official demo
+      (`demo/mae_visualize.ipynb` in github.com/facebookresearch/mae) needs neither choice: it
+      draws a visualisation model trained with raw pixels as targets, whose predictions are pixels.
     - `stats="visible"`: visible patches keep their own; removed ones get an estimate from the
       visible patches around them (`visible_patch_stats`). Everything shown then comes from what
       the model was given: the honest picture.

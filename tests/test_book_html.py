@@ -7,14 +7,17 @@ instead of skipping.
 The browser test drives headless Chromium (Debian's `chromium`) over the DevTools protocol: it
 serves the site from a local HTTP server, loads every chapter, fails on JavaScript exceptions,
 console errors and failed same-origin requests, checks that every image decodes to a non-empty
-picture, and saves a screenshot of each chapter in _build/screenshots. Requests to other hosts
-(the MathJax CDN, fonts) are blocked, so the result is the same with or without a network.
+picture, checks that MathJax typeset every formula (none is left as raw TeX such as `\\(B\\)`),
+and saves a screenshot of each page in _build/screenshots. Requests to other hosts are blocked,
+so the result is the same with or without a network: the book must carry its own MathJax
+(`sphinx-mathjax-offline`, see _config.yml).
 """
 
 from __future__ import annotations
 
 import base64
 import functools
+import html
 import http.server
 import json
 import os
@@ -40,6 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"
 CHAPTERS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+# The reference pages every chapter links to (glossary, cheat sheet, what can go wrong).
+REFERENCE_PAGES = ("glossary", "cheatsheet", "pitfalls")
 
 pytestmark = pytest.mark.skipif(
     not (BUILD / "index.html").is_file(),
@@ -158,9 +163,29 @@ def test_markdown_tables_render_as_tables(notebook: Path) -> None:
     assert not raw, f"{notebook.name} shows {len(raw)} Markdown table rules as text"
 
 
-def test_landing_page_shows_its_figure() -> None:
+def test_landing_page_shows_its_figures() -> None:
     images = [url for what, url in parse(root_page()).urls if what == "img.src"]
     assert any(url.endswith("intro_masking.png") for url in images)
+    assert any(url.endswith("architecture.png") for url in images)
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_links_to_the_reference_pages(notebook: Path) -> None:
+    page = chapter_page(notebook)
+    links = {url for what, url in parse(page).urls if what == "a.href"}
+    for name in REFERENCE_PAGES:
+        assert f"../book/{name}.html" in links, f"{page.name} does not link to {name}"
+
+
+def test_default_exp_cells_are_hidden_and_export_cells_shown() -> None:
+    # `#| default_exp` means nothing to a reader (book/_ext/nbdev_directives.py drops those cells);
+    # export cells are the package's code and stay, first line included.
+    for notebook in CHAPTERS:
+        blocks = re.findall(r"<pre.*?</pre>", chapter_page(notebook).read_text("utf-8"), re.DOTALL)
+        text = html.unescape(re.sub(r"<[^>]+>", "", "\n".join(blocks)))  # the code on the page
+        assert "#| default_exp" not in text, f"{notebook.name} shows a default_exp cell"
+        if "#| export" in notebook.read_text(encoding="utf-8"):
+            assert "#| export" in text, f"{notebook.name} hides its export cells"
 
 
 # ------------------------------------------------------------------------------- headless browser
@@ -291,8 +316,30 @@ Promise.all([...document.images].map(img => {
 """
 
 
-def load_page(browser: DevTools, url: str, screenshot: Path) -> tuple[list[str], list[dict]]:
-    """Open `url` in a new tab; returns (problems the page reported, its images)."""
+# Runs in the page: wait until MathJax has typeset the page, then list the formulas it did not
+# typeset. Sphinx writes each formula as TeX inside an element of class "math"; MathJax 3 puts an
+# <mjx-container> there. A formula whose element has none, or TeX delimiters left in the text of
+# the page outside code, is raw TeX on the reader's screen.
+_MATH_JS = r"""
+(async () => {
+  const mathjax = window.MathJax && window.MathJax.startup && window.MathJax.startup.promise;
+  if (mathjax) { await Promise.race([mathjax, new Promise(r => setTimeout(r, 20000))]); }
+  const formulas = [...document.querySelectorAll(".math")];
+  const raw = formulas.filter(el => !el.querySelector("mjx-container"))
+    .map(el => el.textContent.trim().slice(0, 60));
+  const walker = document.createTreeWalker(document.querySelector("main") || document.body,
+    NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    if (node.parentElement.closest("pre, code, script, style, .highlight, mjx-container")) continue;
+    if (/\\\(|\\\[|\$\$/.test(node.textContent)) raw.push(node.textContent.trim().slice(0, 60));
+  }
+  return {formulas: formulas.length, raw: raw};
+})()
+"""
+
+
+def load_page(browser: DevTools, url: str, screenshot: Path) -> tuple[list[str], list[dict], dict]:
+    """Open `url` in a new tab; returns (problems the page reported, its images, its math)."""
     target = browser.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})[
         "sessionId"
@@ -312,6 +359,11 @@ def load_page(browser: DevTools, url: str, screenshot: Path) -> tuple[list[str],
         {"expression": _IMAGES_JS, "awaitPromise": True, "returnByValue": True},
         session=session,
     )["result"]["value"]
+    math = browser.send(
+        "Runtime.evaluate",
+        {"expression": _MATH_JS, "awaitPromise": True, "returnByValue": True},
+        session=session,
+    )["result"]["value"]
     time.sleep(0.5)  # let late scripts report
     shot = browser.send("Page.captureScreenshot", {"format": "png"}, session=session)
     screenshot.parent.mkdir(parents=True, exist_ok=True)
@@ -321,7 +373,7 @@ def load_page(browser: DevTools, url: str, screenshot: Path) -> tuple[list[str],
         [e for e in browser.events if e.get("sessionId") == session], origin=url
     )
     browser.send("Target.closeTarget", {"targetId": target})
-    return problems, images
+    return problems, images, math
 
 
 def page_problems(events: list[dict], origin: str) -> list[str]:
@@ -358,17 +410,39 @@ def test_chapter_loads_in_chromium_without_errors_and_shows_its_figures(
     notebook: Path, site: str, browser: DevTools
 ) -> None:
     path = chapter_page(notebook).relative_to(BUILD).as_posix()
-    problems, images = load_page(browser, f"{site}/{path}", SCREENSHOTS / f"{notebook.stem}.png")
+    problems, images, math = load_page(
+        browser, f"{site}/{path}", SCREENSHOTS / f"{notebook.stem}.png"
+    )
     assert not problems, f"{path}:\n" + "\n".join(problems)
     figures = [image for image in images if "_images/" in (image["src"] or "")]
     assert figures, f"{path} shows no figure"
     empty = [image["src"] for image in images if not image["width"]]
     assert not empty, f"{path}: images that did not render: {empty}"
+    assert not math["raw"], f"{path}: formulas left as raw TeX: {math['raw'][:5]}"
+
+
+def test_every_chapter_has_typeset_math(site: str, browser: DevTools) -> None:
+    # Guards the raw-TeX check above against passing vacuously (no formula found at all).
+    path = chapter_page(CHAPTERS[1]).relative_to(BUILD).as_posix()
+    _, _, math = load_page(browser, f"{site}/{path}", SCREENSHOTS / "math.png")
+    assert math["formulas"] > 5 and not math["raw"], math
+
+
+@pytest.mark.parametrize("name", REFERENCE_PAGES)
+def test_reference_page_loads_in_chromium_with_typeset_math(
+    name: str, site: str, browser: DevTools
+) -> None:
+    problems, images, math = load_page(
+        browser, f"{site}/book/{name}.html", SCREENSHOTS / f"{name}.png"
+    )
+    assert not problems, f"{name}:\n" + "\n".join(problems)
+    assert not math["raw"], f"{name}: formulas left as raw TeX: {math['raw'][:5]}"
 
 
 def test_landing_page_loads_in_chromium(site: str, browser: DevTools) -> None:
-    problems, images = load_page(
+    problems, images, math = load_page(
         browser, f"{site}/{root_page().relative_to(BUILD).as_posix()}", SCREENSHOTS / "intro.png"
     )
     assert not problems, "landing page:\n" + "\n".join(problems)
     assert images and all(image["width"] for image in images)
+    assert not math["raw"], f"landing page: formulas left as raw TeX: {math['raw'][:5]}"

@@ -130,3 +130,84 @@ def test_chapters_refuse_to_run_under_nbval_without_quick_mode() -> None:
     )
     assert result.returncode != 0
     assert "without quick mode: set MAE_TUTORIAL_QUICK=1" in result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------ openings and reference pages
+
+REFERENCE_PAGES = ("glossary", "cheatsheet", "pitfalls")
+
+
+def first_markdown(path: Path) -> str:
+    return next(source(c) for c in load(path)["cells"] if c["cell_type"] == "markdown")
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_chapter_opens_with_goals_prerequisites_time_and_reference_links(path: Path) -> None:
+    opening = first_markdown(path)
+    for part in ("**You will be able to:**", "**It assumes:**", "**Time:**"):
+        assert part in opening, f"{path.name}: the first cell has no {part}"
+    time_line = opening[opening.index("**Time:**") :]
+    assert re.search(r"about \d+ min to read", time_line), f"{path.name}: reading time"
+    assert re.search(r"about [\d.,]+ (s|min) to run on a CPU", time_line), f"{path.name}: CPU time"
+    assert "GPU" in time_line, f"{path.name}: say how long it takes on a GPU"
+    links = re.findall(r"\]\(\.\./book/(\w+)\.md\)", opening)
+    assert links[-3:] == list(REFERENCE_PAGES), f"{path.name} ends without the three links"
+
+
+def test_reference_pages_exist_and_are_in_the_toc() -> None:
+    toc = (ROOT / "_toc.yml").read_text(encoding="utf-8")
+    for name in REFERENCE_PAGES:
+        assert (ROOT / "book" / f"{name}.md").is_file(), name
+        assert re.search(rf"^\s*-\s*file:\s*book/{name}\s*$", toc, flags=re.MULTILINE), name
+
+
+def test_glossary_defines_every_shape_letter_with_a_korean_term() -> None:
+    text = (ROOT / "book" / "glossary.md").read_text(encoding="utf-8")
+    rows = dict(re.findall(r"^\| (\S+(?:, \S+)?) \| [^|]+ \| ([^|]+) \|", text, flags=re.MULTILINE))
+    for letter in ("B", "C", "H, W", "P", "L", "K", "D", "E", "h", "d", "N"):
+        assert letter in rows, f"the glossary does not define {letter}"
+        assert re.search(r"[\uac00-\ud7a3]", rows[letter]), f"{letter} has no Korean term"
+
+
+def test_pitfalls_cite_tests_and_checks_that_exist() -> None:
+    from mae_tutorial import checks
+
+    text = (ROOT / "book" / "pitfalls.md").read_text(encoding="utf-8")
+    cited = re.findall(r"`tests/(test_\w+\.py)::(test_\w+)`", text)
+    # `::test_x` right after a cited file refers to that file.
+    for later in re.finditer(
+        r"`tests/(test_\w+\.py)::test_\w+`((?:[^`]|`[^t:])*?)`::(test_\w+)`", text
+    ):
+        cited.append((later.group(1), later.group(3)))
+    assert cited, "pitfalls.md cites no test"
+    for file, test in cited:
+        body = (ROOT / "tests" / file).read_text(encoding="utf-8")
+        assert f"def {test}(" in body, f"pitfalls.md cites {file}::{test}, which does not exist"
+    for name in set(re.findall(r"`(check_\w+)`", text)):
+        assert hasattr(checks, name), f"pitfalls.md cites {name}, which mae_tutorial.checks lacks"
+
+
+def test_readme_states_viz_default_as_the_code_has_it() -> None:
+    import inspect
+
+    from mae_tutorial import viz
+
+    default = inspect.signature(viz.prediction_to_images).parameters["stats"].default
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert f'the default is `"{default}"`' in readme
+
+
+def test_readme_and_intro_name_the_chapter_of_every_exported_module() -> None:
+    exported = set()
+    for path in CHAPTERS:
+        for cell in code_cells(path):
+            text = source(cell)
+            if match := re.match(r"#\| default_exp (\w+)", text):
+                exported.add(match.group(1))
+            elif match := re.match(r"#\| export (\w+)", text):
+                exported.add(match.group(1))
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    intro = (ROOT / "book" / "intro.md").read_text(encoding="utf-8")
+    for module in exported:
+        assert re.search(rf"^\|[^|\n]*`{module}\.py`[^|\n]*\| chapter \d", readme, re.M), module
+        assert f"`{module}.py`" in intro, module
