@@ -11,6 +11,7 @@ extraction restores the model's train/eval mode (or works on a copy on another d
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import Any
 
@@ -91,12 +92,9 @@ def linear_probe(
     probe.check_uint8_images(data.train_images, data.train_labels)
     probe.check_uint8_images(data.test_images, data.test_labels)
     check_number("batch_size", batch_size, 1, integer=True)
-    check_number("last_blocks", last_blocks, 1, integer=True)
     encoder = getattr(model, "encoder", model)  # any other kind: extract_features says
-    if isinstance(encoder, MAEEncoder) and last_blocks > len(encoder.blocks):
-        raise ValueError(
-            f"last_blocks={last_blocks} exceeds the encoder's {len(encoder.blocks)} blocks"
-        )
+    depth = len(encoder.blocks) if isinstance(encoder, MAEEncoder) else math.inf
+    check_number("last_blocks", last_blocks, 1, depth, integer=True)
 
     def features(images: torch.Tensor) -> torch.Tensor:  # (N, D), or (N, K * D) for K blocks
         if last_blocks == 1:
@@ -137,9 +135,7 @@ def knn_eval(
     Returns:
         {"knn_top1", "knn_top5" (%), "k", "temperature", "seconds"}.
     """
-    check_number("k", k, 1, integer=True)
-    if k > len(data.train_images):
-        raise ValueError(f"k={k} exceeds the {len(data.train_images)} training images")
+    check_number("k", k, 1, len(data.train_images), integer=True)
     start = time.perf_counter()
     bank = probe.extract_features(model, data.train_images, batch_size, device)  # (N, D)
     queries = probe.extract_features(model, data.test_images, batch_size, device)  # (M, D)
@@ -172,11 +168,7 @@ def build_finetune_model(
     if not isinstance(config, MAEConfig):
         raise TypeError(f"expected an MAEConfig, got {type(config).__name__}")
     if trainable_blocks is not None:
-        check_number("trainable_blocks", trainable_blocks, 0, integer=True)
-        if trainable_blocks > config.depth:
-            raise ValueError(
-                f"trainable_blocks={trainable_blocks} exceeds the encoder's depth={config.depth}"
-            )
+        check_number("trainable_blocks", trainable_blocks, 0, config.depth, integer=True)
     if mae is not None:
         differ = [f for f in _ENCODER_FIELDS if getattr(config, f) != getattr(mae.config, f)]
         if differ:

@@ -92,18 +92,13 @@ class TrainSettings:
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr={self.min_lr} exceeds the peak lr {self.lr} (base_lr="
                              f"{self.base_lr} * batch_size={self.batch_size} / 256)")  # fmt: skip
-        w = self.warmup_epochs
-        if w is not None and not (isinstance(w, (int, float)) and 0 <= w <= self.epochs):
-            raise ValueError(f"warmup_epochs must lie in [0, epochs={self.epochs}], got {w!r}")
+        if self.warmup_epochs is not None:
+            check_number("warmup_epochs", self.warmup_epochs, 0, self.epochs)
         check_choice("masking", self.masking, MASKING_KINDS)
         check_choice("amp", self.amp, runtime.AMP_MODES)
         check_flag("compile", self.compile)
         check_flag("keep_snapshots", self.keep_snapshots)
-        try:
-            torch.device(self.device) if self.device != "auto" else None
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be 'auto' or a torch device such as 'cpu', 'cuda', "
-                             f"'cuda:1', 'mps'; got {self.device!r}") from None  # fmt: skip
+        runtime.parse_device(self.device)  # a name; whether it exists here is checked at the start
 
     @property
     def lr(self) -> float:

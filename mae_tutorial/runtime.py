@@ -27,6 +27,22 @@ from torch import nn
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
 
+def parse_device(name: str | torch.device | None) -> torch.device | None:
+    """`name` as a `torch.device` (None for "auto" or None), without checking it exists here.
+
+    Raises:
+        ValueError: `name` is not a device name.
+    """
+    if name is None or name == "auto":
+        return None
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"device {name!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
+        ) from err
+
+
 def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0) -> torch.device:
     """Turn "auto" (or None) or a device string into a usable `torch.device`, checking it exists.
 
@@ -35,18 +51,13 @@ def resolve_device(name: str | torch.device | None = "auto", local_rank: int = 0
     Raises:
         ValueError: the device is unknown or not available on this machine.
     """
-    if name is None or name == "auto":
+    device = parse_device(name)
+    if device is None:
         if torch.cuda.is_available():
             return torch.device("cuda", local_rank)
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(
-            f"device {name!r} is not a device; expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"
-        ) from err
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {str(name)!r} requested but CUDA is not available here")
