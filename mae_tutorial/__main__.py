@@ -39,7 +39,7 @@ PROG = "python -m mae_tutorial"
 # Upper bounds of the numeric flags: far beyond any sensible run, low enough to fail at once.
 MAX_EPOCHS, MAX_BATCH, MAX_IMAGES, MAX_LR, MAX_SEED = 100_000, 65_536, 10**8, 10.0, 2**63 - 1
 MAX_COLUMNS, MAX_DPI = 32, 600
-_FIGURE_SUFFIXES = (".png", ".pdf", ".svg", ".jpg")
+_PICTURES = (".png", ".pdf", ".svg", ".jpg")  # the file types --name may end in
 
 
 class _Parser(argparse.ArgumentParser):
@@ -91,8 +91,7 @@ def _say(*parts: Any) -> None:
 
 def _device(args: argparse.Namespace) -> torch.device:
     """The device asked for, checked to exist, and its --amp mode checked to run on it."""
-    device = resolve_device(args.device)
-    autocast_dtype(getattr(args, "amp", "auto"), device)
+    autocast_dtype(getattr(args, "amp", "auto"), device := resolve_device(args.device))
     return device
 
 
@@ -213,11 +212,10 @@ def _run_finetune(args: argparse.Namespace) -> int:
 def _run_reconstruct(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out is not None else Path(args.checkpoint).parent
     path = out / args.name
-    if Path(args.name).name != args.name or path.suffix.lower() not in _FIGURE_SUFFIXES:
-        raise ValueError(f"--name {args.name!r}: expected a file name ending in {_FIGURE_SUFFIXES}")
+    plain = Path(args.name).name == args.name and path.suffix.lower() in _PICTURES
+    if not plain or path.is_dir():  # a plain file name, and no folder of that name
+        raise ValueError(f"--name {args.name!r}: expected a file (not a folder) named *{_PICTURES}")
     _writable_folder(out)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, expected a file to write")
     device, model = _device(args), load_model(args.checkpoint)
     images = getattr(load_cifar10(args.data_dir), f"{args.split}_images")  # (N, C, H, W) uint8
     if args.n > len(images):
@@ -227,11 +225,10 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     draw = generator(torch.device("cpu"), args.seed)
     index = torch.randperm(len(images), generator=draw)[: args.n]
     noise = torch.rand(args.n, model.config.num_patches, generator=draw)  # (n, L)
-    fig = reconstruction_grid(model.to(device), normalize(images[index]), noise)
+    fig = reconstruction_grid(model.to(device), normalize(images[index]), noise, stats="visible")
     out.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=args.dpi)
-    _say(f"saved {path}")
-    _say({"reconstruction": str(path), "images": args.n, "split": args.split})
+    _say({"reconstruction": str(path), "images": args.n, "split": args.split, "stats": "visible"})
     return 0
 
 
@@ -358,9 +355,8 @@ def _finetune_parser(subs: Any) -> None:
 def _reconstruct_parser(subs: Any) -> None:
     p = _subparser(
         subs, _run_reconstruct, "draw masked images and their reconstructions (PNG)",
-        "Mask random images, reconstruct them and save a grid: originals, masked inputs,\n"
-        "reconstructions, and reconstructions with the visible patches pasted back (normalised\n"
-        "predictions un-normalised with each true patch's statistics, as the official demo).",
+        "Save a grid of random images, their masked inputs and reconstructions (also with the\n"
+        "visible patches pasted back), un-normalised with the visible patches' statistics only.",
         "--checkpoint runs/demo/checkpoint.pt --n 12 --split train --out runs/demo",
     )  # fmt: skip
     add = p.add_argument

@@ -59,7 +59,7 @@ class Attention(nn.Module):
 
     def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         qkv = rearrange(self.qkv(x), "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-        return qkv[0], qkv[1], qkv[2]  # each (B, h, N, d)
+        return qkv.unbind(0)  # q, k, v: each (B, h, N, d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)

@@ -17,20 +17,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
 from mae_tutorial.checkpoint import load_checkpoint, load_model, model_from_state, save_checkpoint
 from mae_tutorial.data import load_cifar10, normalize
+from mae_tutorial.download import DownloadError
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.runtime import generator
+from mae_tutorial.validate import check_number
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SNAPSHOT_IMAGES = 8  # test images whose reconstructions are stored per snapshot: one per class
 _KEPT = ("config", "settings", "history", "step", "epoch")  # what a reader needs of a checkpoint
+PROG = "python -m mae_tutorial.pretrained"
+# Bounds of the command line's inputs: far beyond the shipped model's, low enough to fail at once.
+MAX_NAME, MAX_COMMAND, MAX_SUMMARY_BYTES, MAX_SNAPSHOTS = 64, 4096, 1 << 20, 100
+_NAME = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_NAME}}}")  # a plain file name: no '/', '..' or spaces
 
 
 def available() -> list[str]:
@@ -129,59 +137,113 @@ def snapshot_predictions(
     return {"epochs": epochs, "pred": torch.stack(preds), "mask": mask, "noise": noise}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m mae_tutorial.pretrained",
-        description="Pack a pretraining checkpoint into a shipped reference model "
-        f"({PRETRAINED_DIR}/NAME.pt): fp16 weights, config, history, command and results.",
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and do not exit the process."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{message} (see {self.prog} --help)")
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(
+        prog=PROG,
+        description=f"Pack a checkpoint into {PRETRAINED_DIR}/NAME.pt, a shipped reference model.",
     )
-    parser.add_argument("checkpoint", help="the pretraining checkpoint (.pt)")
-    parser.add_argument("name", help="the shipped model's name, e.g. cifar10-cpu")
-    parser.add_argument("--command", default="", help="the command that trained it")
-    parser.add_argument(
-        "--results", nargs="*", default=[], metavar="FILE",
-        help="files whose last line is a JSON summary printed by linprobe/knn/finetune",
-    )  # fmt: skip
-    parser.add_argument(
-        "--snapshots", nargs="*", default=[], metavar="CKPT",
-        help="earlier checkpoints of the same run: their reconstructions of a few test images "
-        "are stored (needs the CIFAR-10 test set, see --data-dir)",
-    )  # fmt: skip
-    parser.add_argument(
-        "--data-dir", default=None, metavar="DIR",
-        help="folder holding cifar-10-batches-py (default: $MAE_TUTORIAL_DATA, else the cache)",
-    )  # fmt: skip
-    args = parser.parse_args(argv)
-    snapshots = None
-    if args.snapshots:
-        data = load_cifar10(args.data_dir)
-        labels = data.test_labels.tolist()
-        indices = [labels.index(c) for c in range(SNAPSHOT_IMAGES)]  # one image per class
-        images = normalize(data.test_images[indices])  # (B, C, H, W)
-        config = load_model(args.checkpoint).config
-        draw = generator(torch.device("cpu"), 0)  # the same noise for every snapshot
-        noise = torch.rand(len(indices), config.num_patches, generator=draw)  # (B, L)
-        snapshots = snapshot_predictions([*args.snapshots, args.checkpoint], images, noise)
-        snapshots["test_indices"] = indices
+    add = parser.add_argument
+    add("checkpoint", help="the pretraining checkpoint (.pt)")
+    add("name", help="the shipped model's name: letters, digits, '-' and '_', e.g. cifar10-cpu")
+    add("--command", default="", help=f"the command that trained it (at most {MAX_COMMAND} chars)")
+    add("--results", nargs="*", default=[], metavar="FILE",
+        help="files whose last line is a JSON summary printed by linprobe/knn/finetune "
+        f"(at most {MAX_SUMMARY_BYTES} bytes each)")  # fmt: skip
+    add("--snapshots", nargs="*", default=[], metavar="CKPT",
+        help=f"earlier checkpoints of the same run (at most {MAX_SNAPSHOTS}): their "
+        "reconstructions of a few test images are stored (needs CIFAR-10's test set)")  # fmt: skip
+    add("--data-dir", metavar="DIR", help="holds cifar-10-batches-py (default: $MAE_TUTORIAL_DATA)")
+    return parser
+
+
+def _read_summary(file: str) -> tuple[str, dict[str, Any]]:
+    """The last JSON summary line of a linprobe/knn/finetune output file, and its result name."""
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"--results {file}: no such file")
+    if (size := path.stat().st_size) > MAX_SUMMARY_BYTES:
+        raise ValueError(f"--results {file} is {size} bytes; at most {MAX_SUMMARY_BYTES} expected")
+    try:
+        lines = [line for line in path.read_text().splitlines() if line.startswith("{")]
+        summary = json.loads(lines[-1]) if lines else {}  # a line opening with "{": a dict
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"--results {file}: its last JSON line does not parse ({err})") from None
+    kinds = [kind for kind in ("linprobe", "knn", "finetune") if f"{kind}_top1" in summary]
+    if len(kinds) != 1:
+        raise ValueError(f"--results {file}: expected a linprobe, knn or finetune JSON summary")
+    blocks, last = summary.get("blocks"), summary.get("last_blocks", 1)
+    check_number(f"--results {file}: 'last_blocks'", last, 1, integer=True)
+    if blocks is not None:
+        check_number(f"--results {file}: 'blocks'", blocks, 0, integer=True)
+    name = ("random_init_" if summary.get("random_init") else "") + kinds[0]
+    name += "" if blocks is None else f"_blocks{blocks}"
+    name += f"_last{last}" if last > 1 else ""  # linprobe --last-blocks K: another protocol
+    return name + ("_from_scratch" if summary.get("from_scratch") else ""), summary
+
+
+def _checked(args: argparse.Namespace) -> tuple[Path, MaskedAutoencoder, dict[str, Any]]:
+    """Check every flag and input file before any work: the output path, the model, results."""
+    if not _NAME.fullmatch(args.name):
+        raise ValueError(f"name {args.name!r}: expected 1-{MAX_NAME} letters, digits, '-' or '_'")
+    if len(args.command) > MAX_COMMAND:
+        raise ValueError(f"--command is {len(args.command)} characters; at most {MAX_COMMAND}")
+    if len(args.snapshots) > MAX_SNAPSHOTS:
+        raise ValueError(f"--snapshots: {len(args.snapshots)} checkpoints; at most {MAX_SNAPSHOTS}")
+    if args.data_dir is not None and not args.snapshots:
+        raise ValueError("--data-dir is used only with --snapshots")
+    out = PRETRAINED_DIR / f"{args.name}.pt"
+    existing = next(p for p in (out.parent, *out.parent.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK) or out.is_dir():
+        raise ValueError(f"cannot write {out}: {existing} is not a writable folder")
+    model = load_model(args.checkpoint)  # the config, and weights that fit it
     results: dict[str, Any] = {}
     for file in args.results:
-        lines = [line for line in Path(file).read_text().splitlines() if line.startswith("{")]
-        if not lines:
-            parser.error(f"{file} holds no JSON summary line")
-        summary = json.loads(lines[-1])
-        kinds = [kind for kind in ("linprobe", "knn", "finetune") if f"{kind}_top1" in summary]
-        if len(kinds) != 1:
-            parser.error(f"{file}: expected one of linprobe/knn/finetune's summaries")
-        name = ("random_init_" if summary.get("random_init") else "") + kinds[0]
-        if summary.get("blocks") is not None:
-            name += f"_blocks{summary['blocks']}"
-        if summary.get("last_blocks", 1) > 1:  # linprobe --last-blocks K: another protocol
-            name += f"_last{summary['last_blocks']}"
-        results[name + ("_from_scratch" if summary.get("from_scratch") else "")] = summary
-    out = pack(args.checkpoint, PRETRAINED_DIR / f"{args.name}.pt", command=args.command,
-               results=results, snapshots=snapshots)  # fmt: skip
+        name, summary = _read_summary(file)
+        if name in results:
+            raise ValueError(f"--results {file}: a second {name!r} summary; expected one each")
+        results[name] = summary
+    for path in args.snapshots:  # the same run: the same config, checked before the data loads
+        load_checkpoint(path, expected_config=model.config)
+    return out, model, results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Pack a checkpoint from the command line; returns the exit code (2: bad input, 1: failed)."""
+    try:
+        args = _build_parser().parse_args(argv)
+        out, model, results = _checked(args)
+        snapshots = None
+        if args.snapshots:
+            data = load_cifar10(args.data_dir)
+            labels = data.test_labels.tolist()
+            indices = [labels.index(c) for c in range(SNAPSHOT_IMAGES)]  # one image per class
+            images = normalize(data.test_images[indices])  # (B, C, H, W)
+            draw = generator(torch.device("cpu"), 0)  # the same noise for every snapshot
+            noise = torch.rand(len(indices), model.config.num_patches, generator=draw)  # (B, L)
+            snapshots = snapshot_predictions([*args.snapshots, args.checkpoint], images, noise)
+            snapshots["test_indices"] = indices
+        pack(args.checkpoint, out, command=args.command, results=results, snapshots=snapshots)
+    except SystemExit as err:  # --help
+        return err.code if isinstance(err.code, int) else 0
+    except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        return _fail(err, 2)  # bad input: the user can fix it
+    except (DownloadError, OSError, MemoryError) as err:
+        return _fail(err, 1)  # the data download or the disk failed
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
+
+
+def _fail(err: BaseException, code: int) -> int:
+    """Report `err` on one line of stderr (no traceback); return `code`."""
+    print(f"{PROG}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

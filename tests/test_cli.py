@@ -452,3 +452,31 @@ def test_a_real_signal_saves_the_exact_step_and_exits(
     state = load_checkpoint(tmp_path / "checkpoint.pt")
     assert state["step"] == summary["step"] >= 6  # at least the first epoch's 6 steps
     assert [p for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_reconstruct_draws_with_the_visible_patches_statistics(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A normalised-pixel model's output is un-normalised with the visible patches' mean and
+    variance: the hidden patch's own would put part of the answer into the picture."""
+    from mae_tutorial import viz
+    from mae_tutorial.checkpoint import save_checkpoint
+    from mae_tutorial.config import MAEConfig
+    from mae_tutorial.model import MaskedAutoencoder
+
+    model = MaskedAutoencoder(MAEConfig.from_preset("tiny"))
+    assert model.config.norm_pix_loss
+    path = save_checkpoint(
+        tmp_path / "c.pt", {"model": model.state_dict(), "config": model.config.to_dict()}
+    )
+    drawn, real = [], viz.reconstruction_grid
+    monkeypatch.setattr(viz, "reconstruction_grid",
+                        lambda *a, **k: drawn.append(k.get("stats")) or real(*a, **k))  # fmt: skip
+    argv = ["reconstruct", "--checkpoint", str(path), "--data-dir", str(data_root), "--n", "2"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert drawn == ["visible"]
+    summary = _json_line(capsys.readouterr().out)
+    assert summary["stats"] == "visible" and Path(summary["reconstruction"]).is_file()
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["reconstruct"]
+                         .format_help().split())  # fmt: skip
+    assert "visible patches' statistics" in help_text and "official demo" not in help_text

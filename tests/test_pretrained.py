@@ -126,3 +126,116 @@ def test_snapshots_refuse_checkpoints_of_different_runs(checkpoint, tmp_path: Pa
         shipped.snapshot_predictions(
             [path, other_path], torch.randn(1, 3, 32, 32), torch.rand(1, 16)
         )
+
+
+# ------------------------------------------------- the command line's bad input (issue 15, rule a-c)
+
+
+def _refused(capsys, argv: list[str], *expected: str) -> str:
+    """Run the command line; it must exit 2 with one line on stderr holding each of `expected`."""
+    code = shipped.main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"{shipped.PROG}: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "usage:" not in err, err
+    for text in expected:
+        assert text in err, (text, err)
+    return err
+
+
+@pytest.fixture
+def shelf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty folder of shipped models; nothing may be written there by a refused command."""
+    folder = tmp_path / "shipped"
+    monkeypatch.setattr(shipped, "PRETRAINED_DIR", folder)
+    return folder
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        ([], "the following arguments are required"),
+        (["--results"], "the following arguments are required"),
+        (["ckpt.pt", "toy", "--bogus"], "--bogus"),
+        (["ckpt.pt", "toy", "extra"], "extra"),
+    ],
+)
+def test_command_line_argument_errors_are_one_line(capsys, shelf, argv, expected) -> None:
+    _refused(capsys, argv, expected, "--help")
+    assert not shelf.exists()
+
+
+@pytest.mark.parametrize("name", ["../x", "a/b", "", "a b", ".hidden", "x.pt", "n" * 65, "é"])
+def test_command_line_refuses_a_name_that_is_not_plain(checkpoint, capsys, shelf, name) -> None:
+    path, _ = checkpoint
+    _refused(capsys, [str(path), name], repr(name), "letters, digits")
+    assert not shelf.exists() and not (shelf.parent / "x.pt").exists()
+
+
+def test_command_line_names_a_missing_results_file(checkpoint, capsys, shelf, tmp_path) -> None:
+    path, _ = checkpoint
+    missing = tmp_path / "no_such_summary.txt"
+    _refused(capsys, [str(path), "toy", "--results", str(missing)], str(missing))
+    assert not shelf.exists()
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("no summary here\n", "JSON summar"),
+        ('{"linprobe_top1": 1.0, "knn_top1": 2.0}', "JSON summar"),
+        ('{"linprobe_top1": 1.0', "does not parse"),
+        ('{"finetune_top1": 1.0, "blocks": "two"}', "'blocks' must be an integer"),
+        ('{"linprobe_top1": 1.0, "last_blocks": 1e9}', "'last_blocks' must be an integer"),
+    ],
+)
+def test_command_line_refuses_a_bad_results_file(
+    checkpoint, capsys, shelf, tmp_path, text, expected
+) -> None:
+    path, _ = checkpoint
+    file = tmp_path / "summary.txt"
+    file.write_text(text)
+    _refused(capsys, [str(path), "toy", "--results", str(file)], str(file), expected)
+    assert not shelf.exists()
+
+
+def test_command_line_refuses_an_oversized_or_duplicate_results_file(
+    checkpoint, capsys, shelf, tmp_path
+) -> None:
+    path, _ = checkpoint
+    big = tmp_path / "big.txt"
+    big.write_bytes(b" " * (shipped.MAX_SUMMARY_BYTES + 1))
+    _refused(capsys, [str(path), "toy", "--results", str(big)], str(big), "bytes")
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    for file in (first, second):  # two knn summaries: the second would silently replace the first
+        file.write_text(json.dumps({"knn_top1": 40.0}))
+    _refused(capsys, [str(path), "toy", "--results", str(first), str(second)], str(second), "knn")
+    assert not shelf.exists()
+
+
+def test_command_line_refuses_bad_checkpoints_and_flags_before_loading_data(
+    checkpoint, capsys, shelf, tmp_path, monkeypatch
+) -> None:
+    path, _ = checkpoint
+    monkeypatch.setattr(shipped, "load_cifar10", lambda *a, **k: pytest.fail("loaded the data"))
+    missing = str(tmp_path / "missing.pt")
+    _refused(capsys, [missing, "toy"], missing)
+    _refused(capsys, [str(path), "toy", "--snapshots", missing], missing)
+    other = MaskedAutoencoder(MAEConfig.from_preset("tiny", decoder_depth=2))
+    state = {"model": other.state_dict(), "config": other.config.to_dict()}
+    other_path = str(save_checkpoint(tmp_path / "other.pt", state))
+    _refused(capsys, [str(path), "toy", "--snapshots", other_path], other_path, "decoder_depth")
+    too_many = [str(path)] * (shipped.MAX_SNAPSHOTS + 1)
+    _refused(capsys, [str(path), "toy", "--snapshots", *too_many], "--snapshots", "at most")
+    _refused(capsys, [str(path), "toy", "--command", "x" * 5000], "--command", "at most")
+    _refused(capsys, [str(path), "toy", "--data-dir", str(tmp_path)], "--data-dir", "--snapshots")
+    assert not shelf.exists()
+
+
+def test_command_line_refuses_an_unwritable_shelf(checkpoint, capsys, shelf) -> None:
+    path, _ = checkpoint
+    shelf.write_text("a file where the folder of shipped models should be")
+    _refused(capsys, [str(path), "toy"], str(shelf), "writable folder")
+    shelf.unlink()
+    (shelf / "toy.pt").mkdir(parents=True)
+    _refused(capsys, [str(path), "toy"], "toy.pt")
