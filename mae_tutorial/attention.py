@@ -42,7 +42,10 @@ class Attention(nn.Module):
     Args:
         dim: token width (D in the encoder, E in the decoder).
         num_heads: h; must divide `dim`.
-        fused: use `F.scaled_dot_product_attention` (default) instead of `attention_explicit`.
+        fused: use `F.scaled_dot_product_attention` (default) instead of `attention_explicit`,
+            except under CPU autocast (bf16), where the fused kernel's backward is slow: in our
+            benchmark it took 38% of a training step, and the explicit form made the step 1.6x
+            faster (book/performance.md).
 
     Shapes:
         x: (B, N, dim) -> (B, N, dim).
@@ -63,7 +66,7 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._qkv(x)
-        if self.fused:
+        if self.fused and not (x.device.type == "cpu" and torch.is_autocast_enabled("cpu")):
             out = F.scaled_dot_product_attention(q, k, v)  # (B, h, N, d)
         else:
             out = attention_explicit(q, k, v)  # (B, h, N, d)
