@@ -1,4 +1,5 @@
-"""Shared fixtures: seeded RNG, the tiny preset, images and noise, synthetic CIFAR-10 on disk."""
+"""Shared fixtures: seeded RNG, the tiny preset, images and noise, synthetic CIFAR-10 on disk, the
+reference model."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import pytest
 import torch
 
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import make_synthetic_cifar
+from mae_tutorial.data import make_synthetic_cifar, normalize
 from mae_tutorial.download import CIFAR10_FOLDER
+from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.pretrained import pretrained
 
 N_TRAIN, N_TEST = 500, 100
 
@@ -68,6 +71,29 @@ def make_noise() -> Callable[..., torch.Tensor]:
         return torch.rand(batch, config.num_patches, generator=gen)
 
     return make
+
+
+@pytest.fixture
+def make_pixel_images() -> Callable[..., torch.Tensor]:
+    """Factory for a reproducible batch of normalised 32x32 images of random uint8 pixels, as
+    the picture tests (reconstruction, attention, viz) draw them.
+
+    Shapes:
+        make_pixel_images(n) -> (n, 3, 32, 32).
+    """
+
+    def make(n: int = 3) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        size = (n, 3, 32, 32)
+        return normalize(torch.randint(0, 256, size, dtype=torch.uint8, generator=generator))
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def reference() -> MaskedAutoencoder:
+    """The packaged pretrained model `cifar10-cpu`, loaded once per test module."""
+    return pretrained("cifar10-cpu")
 
 
 @pytest.fixture(scope="session")
