@@ -181,5 +181,7 @@ def test_knn_rejects_bad_values() -> None:
     bank, labels = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
     with pytest.raises(ValueError, match="k=6 exceeds the 5 training points"):
         knn_scores(bank, labels, bank, 2, k=6)
-    with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         knn_scores(bank, labels, bank, 2, temperature=0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got nan"):
+        knn_scores(bank, labels, bank, 2, temperature=float("nan"))  # all-nan votes otherwise
