@@ -1173,7 +1173,7 @@ def check_knn_scores(fn: Callable[..., torch.Tensor]) -> None:
     _passed(name, len(cases), "k = 1, k = N, temperature 1 and a class no training point has")
 
 
-def _decay_hint(param_name: str, shape: tuple[int, ...], got: float, decay: float) -> str:
+def _decay_hint(param_name: str, shape: tuple[int, ...], decay: float) -> str:
     if len(shape) == 1:
         return "1-D parameters (biases, norm weights) get no weight decay"
     if param_name.endswith(("cls_token", "mask_token")):
@@ -1254,7 +1254,7 @@ def check_layer_decay_groups(fn: Callable[[nn.Module, float, float], list[dict[s
                 shape = tuple(model.get_parameter(key).shape)
                 raise _fail(
                     name, case, f"{key} (shape {shape}) gets weight decay {got_decay[key]}, "
-                    f"expected {expected}", _decay_hint(key, shape, got_decay[key], decay),
+                    f"expected {expected}", _decay_hint(key, shape, decay),
                 )  # fmt: skip
     _passed(name, len(models), "depths 2 to 4 and a partly frozen classifier")
 

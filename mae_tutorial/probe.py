@@ -261,12 +261,7 @@ def knn_scores(
     """
     check_number("k", k, 1, integer=True)
     check_number("chunk_size", chunk_size, 1, integer=True)
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, int | float)
-        or temperature <= 0
-    ):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    check_number("temperature", temperature, 0, low_open=True)  # also rejects nan and inf
     if k > len(train_features):
         raise ValueError(f"k={k} exceeds the {len(train_features)} training points")
     bank = F.normalize(train_features.float(), dim=1)  # (N, D), unit rows

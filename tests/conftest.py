@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import make_synthetic_cifar, normalize
+from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar, normalize
 from mae_tutorial.download import CIFAR10_FOLDER
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrained import pretrained
@@ -99,6 +99,13 @@ def reference() -> MaskedAutoencoder:
 @pytest.fixture(scope="session")
 def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_synthetic_cifar(tmp_path_factory.mktemp("synthetic"), N_TRAIN, N_TEST, seed=0)
+
+
+@pytest.fixture(scope="session")
+def small_cifar(tmp_path_factory: pytest.TempPathFactory) -> CIFAR10:
+    """200 training and 50 test images of synthetic CIFAR-10, loaded once: chapter 8's tests."""
+    root = make_synthetic_cifar(tmp_path_factory.mktemp("small_cifar"), 200, 50, seed=0)
+    return load_cifar10(root, download=False)
 
 
 @pytest.fixture(scope="session")

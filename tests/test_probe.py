@@ -7,14 +7,12 @@ the CIFAR format.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
 
 from mae_tutorial.config import MAEConfig
-from mae_tutorial.data import CIFAR10, load_cifar10, make_synthetic_cifar, normalize
+from mae_tutorial.data import CIFAR10, normalize
 from mae_tutorial.model import MaskedAutoencoder, ViTClassifier
 from mae_tutorial.probe import (
     extract_block_features,
@@ -27,12 +25,6 @@ from mae_tutorial.probe import (
 )
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> CIFAR10:
-    root: Path = make_synthetic_cifar(tmp_path_factory.mktemp("cifar"), 200, 50, seed=0)
-    return load_cifar10(root, download=False)
-
-
 @pytest.fixture
 def mae(tiny: MAEConfig) -> MaskedAutoencoder:
     return MaskedAutoencoder(tiny)
@@ -41,8 +33,8 @@ def mae(tiny: MAEConfig) -> MaskedAutoencoder:
 # ------------------------------------------------------------------------------------ features
 
 
-def test_extract_features_shapes_and_values(mae: MaskedAutoencoder, data: CIFAR10) -> None:
-    images = data.test_images[:10]
+def test_extract_features_shapes_and_values(mae: MaskedAutoencoder, small_cifar: CIFAR10) -> None:
+    images = small_cifar.test_images[:10]
     classifier = ViTClassifier.from_pretrained(mae)
     mae.train()
     mae.encoder.blocks[0].eval()  # a mixed train/eval state must survive
@@ -189,5 +181,7 @@ def test_knn_rejects_bad_values() -> None:
     bank, labels = torch.randn(5, 3), torch.zeros(5, dtype=torch.long)
     with pytest.raises(ValueError, match="k=6 exceeds the 5 training points"):
         knn_scores(bank, labels, bank, 2, k=6)
-    with pytest.raises(ValueError, match="temperature must be a positive number, got 0"):
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got 0"):
         knn_scores(bank, labels, bank, 2, temperature=0)
+    with pytest.raises(ValueError, match="temperature must be a finite number > 0, got nan"):
+        knn_scores(bank, labels, bank, 2, temperature=float("nan"))  # all-nan votes otherwise
