@@ -358,9 +358,12 @@ class _Run:
         self.last_loss = values[-1]
 
     def _check_state(self) -> None:
-        """Before a save: the weights must be finite and give a finite loss on the last batch."""
+        """Before a save: the weights must be finite and give a finite loss on the last batch, in
+        the precision the next step will use (under fp16 autocast, finite weights can overflow).
+        The last step's own loss cannot vouch for them: it was computed before their update."""
         x, noise = self.last  # type: ignore[misc]  # a save always follows a step
-        with torch.no_grad(), runtime.eval_mode(self.model):  # eval mode draws no random numbers
+        amp = torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+        with torch.no_grad(), amp, runtime.eval_mode(self.model):  # eval mode draws no randoms
             loss = self.model(x, noise=noise).loss.float().reshape(1)
             finite = torch.stack([p.isfinite().all() for p in self.model.parameters()]).all()
             loss = dist.all_reduce_sum(torch.where(finite, loss, torch.nan), self.info)
