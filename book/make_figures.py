@@ -20,6 +20,7 @@ every block and head (`viz.attention_distance_figure`) of both, over the first 1
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -122,6 +123,7 @@ def random_init(seed: int = 0) -> MaskedAutoencoder:
         return MaskedAutoencoder(pretrained("cifar10-cpu").config).eval()
 
 
+@functools.cache
 def one_per_class(num_classes: int = 6) -> torch.Tensor:
     """The first test image of each of the classes 0 .. num_classes - 1, normalised.
 
@@ -133,6 +135,7 @@ def one_per_class(num_classes: int = 6) -> torch.Tensor:
     return normalize(data.test_images[[labels.index(c) for c in range(num_classes)]])
 
 
+@functools.cache
 def reference_vmax() -> float:
     """The largest cls-to-patch weight of the reference's last block on these images: the top
     of the colour scale of both attention-map figures, so that they compare."""

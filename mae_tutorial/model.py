@@ -112,6 +112,9 @@ class MaskedAutoencoder(nn.Module):
     Args:
         config: sizes, mask ratio and target; kept as `.config`.
 
+    `forward(images, noise=None, mask_ratio=None)` removes `mask_ratio` of the patches, the
+    config's own when None (pictures at other ratios, chapter 8).
+
     Shapes:
         images: (B, C, H, W) float, normalised; noise: (B, L) -> MAEOutput(loss: (), pred:
         (B, L, P*P*C), mask: (B, L)).
@@ -130,10 +133,14 @@ class MaskedAutoencoder(nn.Module):
         mask_owner = self.encoder if config.mask_token_in_encoder else self.decoder
         nn.init.normal_(mask_owner.mask_token, std=0.02)
 
-    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MAEOutput:
-        latent, mask, ids_restore = self.encoder.forward_masked(
-            images, self.config.mask_ratio, noise
-        )
+    def forward(
+        self,
+        images: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+    ) -> MAEOutput:
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
+        latent, mask, ids_restore = self.encoder.forward_masked(images, ratio, noise)
         pred = self.decoder(latent, ids_restore)  # (B, L, P*P*C)
         target = patchify(images, self.config.patch_size)  # (B, L, P*P*C)
         loss = masked_mse_loss(pred, target, mask, norm_pix=self.config.norm_pix_loss)

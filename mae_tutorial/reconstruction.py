@@ -19,9 +19,9 @@ import torch
 from matplotlib.figure import Figure
 
 from mae_tutorial.data import CIFAR10_MEAN, CIFAR10_STD, denormalize
-from mae_tutorial.losses import masked_mse_loss
-from mae_tutorial.model import MAEOutput, MaskedAutoencoder
+from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.patches import patchify, unpatchify
+from mae_tutorial.runtime import eval_mode
 
 MASK_GREY = 0.5  # display value of a removed patch
 
@@ -132,22 +132,6 @@ def prediction_to_images(
     }
 
 
-def _forward_at_ratio(
-    model: MaskedAutoencoder, images: torch.Tensor, mask_ratio: float, noise: torch.Tensor | None
-) -> MAEOutput:
-    """`model(images, noise)` with another mask ratio than the one in its config.
-
-    Shapes:
-        images: (B, C, H, W), noise: (B, L) -> MAEOutput(loss (), pred (B, L, P*P*C), mask (B, L)).
-    """
-    config = model.config
-    latent, mask, ids_restore = model.encoder.forward_masked(images, mask_ratio, noise)
-    pred = model.decoder(latent, ids_restore)  # (B, L, P*P*C)
-    target = patchify(images, config.patch_size)  # (B, L, P*P*C)
-    loss = masked_mse_loss(pred, target, mask, norm_pix=config.norm_pix_loss)
-    return MAEOutput(loss=loss, pred=pred, mask=mask)
-
-
 def reconstruct_images(
     model: MaskedAutoencoder,
     images: torch.Tensor,
@@ -179,17 +163,9 @@ def reconstruct_images(
     """
     device = next(model.parameters()).device
     images = images.to(device)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            noise = None if noise is None else noise.to(device)
-            if mask_ratio is None:
-                out = model(images, noise=noise)
-            else:
-                out = _forward_at_ratio(model, images, mask_ratio, noise)
-    finally:
-        model.train(was_training)
+    noise = None if noise is None else noise.to(device)
+    with eval_mode(model), torch.no_grad():
+        out = model(images, noise=noise, mask_ratio=mask_ratio)
     config = model.config
     parts = prediction_to_images(
         images, out.pred, out.mask, config.patch_size, config.norm_pix_loss,

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import mae_tutorial.attention as attention_module
 from mae_tutorial.attention import Attention, attention_explicit, attention_weights
 from mae_tutorial.config import PRESETS
 
@@ -92,6 +93,29 @@ def test_fused_and_explicit_paths_agree(name: str) -> None:
     explicit.fused = False
     x = torch.randn(2, 1 + config.num_patches, config.embed_dim)
     torch.testing.assert_close(fused(x), explicit(x), atol=1e-5, rtol=1e-5)
+
+
+def test_cpu_autocast_takes_the_explicit_path_and_agrees_with_the_fused_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Under CPU bf16 autocast a fused module must route through `attention_explicit` (the fused
+    # kernel's backward is slow there), and still compute what the fused path does in fp32.
+    calls = []
+
+    def counting(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        calls.append(q.dtype)
+        return attention_explicit(q, k, v)
+
+    monkeypatch.setattr(attention_module, "attention_explicit", counting)
+    attn = randomised(Attention(64, 4), std=64**-0.5)
+    assert attn.fused
+    x = torch.randn(2, 17, 64)
+    fused = attn(x)  # fp32: the fused kernel
+    assert calls == []
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        explicit = attn(x)
+    assert calls == [torch.bfloat16]
+    torch.testing.assert_close(explicit.float(), fused, atol=3e-2, rtol=3e-2)
 
 
 @pytest.mark.parametrize("fused", [True, False])

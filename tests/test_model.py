@@ -135,6 +135,20 @@ def test_mask_is_the_argsort_of_the_noise(tiny: MAEConfig, make_images, make_noi
     assert torch.equal(out.mask, expected)
 
 
+def test_mask_ratio_argument_overrides_the_configs(
+    tiny: MAEConfig, make_images, make_noise
+) -> None:
+    model = MaskedAutoencoder(tiny)
+    images, noise = make_images(tiny, 2), make_noise(tiny, 2)
+    own = model(images, noise=noise)
+    torch.testing.assert_close(
+        model(images, noise=noise, mask_ratio=tiny.mask_ratio).loss, own.loss
+    )
+    low = model(images, noise=noise, mask_ratio=0.25).mask  # (B, L)
+    assert low.sum(dim=1).tolist() == [tiny.num_patches // 4] * 2
+    assert torch.all(own.mask >= low)  # one noise: a higher ratio removes a superset
+
+
 # ---------------------------------------------------------------- the encoder never sees masked patches
 
 

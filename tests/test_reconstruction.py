@@ -24,9 +24,15 @@ class PerfectMAE(nn.Module):
         self.config = config
         self.unused = nn.Parameter(torch.zeros(1))
 
-    def forward(self, images: torch.Tensor, noise: torch.Tensor | None = None) -> MAEOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        noise: torch.Tensor | None = None,
+        mask_ratio: float | None = None,
+    ) -> MAEOutput:
+        ratio = self.config.mask_ratio if mask_ratio is None else mask_ratio
         target = patchify(images, self.config.patch_size)  # (B, L, P*P*C)
-        _, mask, _ = random_masking(target, self.config.mask_ratio, noise)  # (B, L)
+        _, mask, _ = random_masking(target, ratio, noise)  # (B, L)
         pred = normalize_patches(target) if self.config.norm_pix_loss else target
         return MAEOutput(loss=torch.zeros(()), pred=pred, mask=mask)
 
