@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
@@ -33,20 +33,13 @@ from mae_tutorial.evaluate import PROBE_BASE_LR, finetune, knn_eval, linear_prob
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.pretrain import NonFiniteLossError, TrainingInterrupted, TrainSettings, pretrain
 from mae_tutorial.runtime import AMP_MODES, autocast_dtype, generator, resolve_device, seeded
-from mae_tutorial.validate import check_number
+from mae_tutorial.validate import OneLineParser, check_number, report_error
 
 PROG = "python -m mae_tutorial"
 # Upper bounds of the numeric flags: far beyond any sensible run, low enough to fail at once.
 MAX_EPOCHS, MAX_BATCH, MAX_IMAGES, MAX_LR, MAX_SEED = 100_000, 65_536, 10**8, 10.0, 2**63 - 1
 MAX_COLUMNS, MAX_DPI = 32, 600
 _PICTURES = (".png", ".pdf", ".svg", ".jpg")  # the file types --name may end in
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump) and do not exit the process."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ValueError(f"{message} (see {self.prog} --help)")
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -232,7 +225,7 @@ def _run_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
-def _subparser(subs: Any, run: Callable, summary: str, about: str, *examples: str) -> _Parser:
+def _subparser(subs: Any, run: Callable, summary: str, about: str, *examples: str) -> OneLineParser:
     """A subcommand with its examples, and the --data-dir and --device every one takes."""
     name = run.__name__.removeprefix("_run_")
     epilog = "examples:\n" + "\n".join(f"  {PROG} {name} {example}" for example in examples)
@@ -371,7 +364,7 @@ def _reconstruct_parser(subs: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m mae_tutorial` argument parser with its five subcommands."""
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG, formatter_class=_Formatter,
         description="Masked Autoencoders (He et al. 2021) on CIFAR-10: pretrain, evaluate, look.",
         epilog=f"example:\n  {PROG} pretrain --preset tiny --epochs 1 --subset 2000 --out runs/x\n"
@@ -382,12 +375,6 @@ def build_parser() -> argparse.ArgumentParser:
                 _reconstruct_parser):  # fmt: skip
         add(subs)
     return parser
-
-
-def _fail(err: BaseException, code: int) -> int:
-    """Report `err` on one line of stderr (no traceback, no chained causes); return `code`."""
-    print(f"{PROG}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -406,9 +393,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + getattr(err, "signum", signal.SIGINT)
     except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError,
             IsADirectoryError, PermissionError) as err:  # fmt: skip
-        return _fail(err, 2)  # bad input: the user can fix it
+        return report_error(PROG, err, 2)  # bad input: the user can fix it
     except (NonFiniteLossError, DownloadError, OSError, MemoryError, torch.OutOfMemoryError) as err:
-        return _fail(err, 1)  # the run failed: a diverged loss, the network, the disk, memory
+        return report_error(
+            PROG, err, 1
+        )  # the run failed: a diverged loss, the network, the disk, memory
 
 
 if __name__ == "__main__":

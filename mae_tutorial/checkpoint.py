@@ -41,6 +41,7 @@ import torch
 
 from mae_tutorial.config import MAEConfig
 from mae_tutorial.model import MaskedAutoencoder
+from mae_tutorial.runtime import resolve_device
 
 LATEST_NAME = "checkpoint.pt"
 MAX_CHECKPOINT_BYTES = 4 << 30  # 4 GiB: far above any preset's checkpoint (vit_tiny: about 70 MB)
@@ -142,12 +143,14 @@ def load_checkpoint(
         ValueError: the file is corrupt, truncated, too large, not a checkpoint this package wrote
             (e.g. it references code), its config is invalid (the message names the field), a
             weight is not finite (the message names it), or its config differs from
-            `expected_config` (the message names every differing field with both values). Every
-            message names the file, and points at the snapshots beside a bad `checkpoint.pt`.
+            `expected_config` (the message names every differing field with both values), or
+            `map_location` is not a device available here. Every message about the file names
+            it, and points at the snapshots beside a bad `checkpoint.pt`.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint file at {str(path)!r}")
+    resolve_device(map_location)  # a bad device is the caller's mistake, not an unreadable file
     try:
         state = _load_state(path, map_location)
     except ValueError as err:

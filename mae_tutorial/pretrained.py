@@ -21,7 +21,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 
@@ -30,7 +30,7 @@ from mae_tutorial.data import load_cifar10, normalize
 from mae_tutorial.download import DownloadError
 from mae_tutorial.model import MaskedAutoencoder
 from mae_tutorial.runtime import generator
-from mae_tutorial.validate import check_number
+from mae_tutorial.validate import OneLineParser, check_number, report_error
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
 SNAPSHOT_IMAGES = 8  # test images whose reconstructions are stored per snapshot: one per class
@@ -137,15 +137,8 @@ def snapshot_predictions(
     return {"epochs": epochs, "pred": torch.stack(preds), "mask": mask, "noise": noise}
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (no usage dump) and do not exit the process."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ValueError(f"{message} (see {self.prog} --help)")
-
-
-def _build_parser() -> _Parser:
-    parser = _Parser(
+def _build_parser() -> OneLineParser:
+    parser = OneLineParser(
         prog=PROG,
         description=f"Pack a checkpoint into {PRETRAINED_DIR}/NAME.pt, a shipped reference model.",
     )
@@ -233,17 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as err:  # --help
         return err.code if isinstance(err.code, int) else 0
     except (ValueError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
-        return _fail(err, 2)  # bad input: the user can fix it
+        return report_error(PROG, err, 2)  # bad input: the user can fix it
     except (DownloadError, OSError, MemoryError) as err:
-        return _fail(err, 1)  # the data download or the disk failed
+        return report_error(PROG, err, 1)  # the data download or the disk failed
     print(f"wrote {out} ({out.stat().st_size / 2**20:.1f} MiB)")
     return 0
-
-
-def _fail(err: BaseException, code: int) -> int:
-    """Report `err` on one line of stderr (no traceback); return `code`."""
-    print(f"{PROG}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
-    return code
 
 
 if __name__ == "__main__":

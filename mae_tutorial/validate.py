@@ -9,9 +9,11 @@ what was expected, for example `epochs must be an integer >= 1, got 0.5 (float)`
 
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NoReturn
 
 
 def _bounds(low: float, high: float, low_open: bool, high_open: bool) -> str:
@@ -64,3 +66,17 @@ def check_choice(name: str, value: Any, allowed: Collection[Any]) -> None:
     """Raise `ValueError` unless `value` is one of `allowed`."""
     if not any(value == choice and type(value) is type(choice) for choice in allowed):
         raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (no usage dump) and do not exit the process:
+    a `ValueError` that the command lines (`python -m mae_tutorial`, `...pretrained`) report."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{message} (see {self.prog} --help)")
+
+
+def report_error(prog: str, err: BaseException, code: int) -> int:
+    """Report `err` on one line of stderr (no traceback, no chained causes); return `code`."""
+    print(f"{prog}: error: {' '.join(str(err).split()) or type(err).__name__}", file=sys.stderr)
+    return code

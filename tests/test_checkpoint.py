@@ -127,6 +127,13 @@ def test_missing_file_raises_file_not_found(tmp_path: Path) -> None:
         load_checkpoint(tmp_path / "nope.pt")
 
 
+def test_bad_map_location_names_the_device_not_the_file(tmp_path: Path, tiny: MAEConfig) -> None:
+    path = save_checkpoint(tmp_path / "checkpoint.pt", _state(tiny))  # a good file
+    with pytest.raises(ValueError, match="'bogus' is not a device") as err:
+        load_checkpoint(path, map_location="bogus")
+    assert "not a readable checkpoint" not in str(err.value)
+
+
 def test_other_config_is_refused_naming_each_field(tmp_path: Path, tiny: MAEConfig) -> None:
     path = save_checkpoint(tmp_path / "checkpoint.pt", _state(tiny))
     other = MAEConfig.from_preset("tiny", depth=3, mask_ratio=0.5)
