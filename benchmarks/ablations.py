@@ -305,8 +305,14 @@ def _start_worker(threads: int, folder: str, budget: Budget, quiet: bool) -> Non
 
 
 def _work(job: tuple[Any, ...]) -> tuple[str, dict[str, Any]]:
+    """Run one job in this process; a run that cannot go on returns {"error": why} instead."""
     key, variant, seed, base_config, base_settings, budget, work = job
-    record = run_variant(variant, seed, base_config, base_settings, budget, _WORKER["parts"], work)
+    try:
+        record = run_variant(
+            variant, seed, base_config, base_settings, budget, _WORKER["parts"], work
+        )
+    except (ValueError, OSError, RuntimeError) as err:  # bad checkpoint, full disk, NaN loss...
+        return key, {"error": f"{err} (its checkpoints: {work})"}
     record.update(
         torch=torch.__version__, threads=torch.get_num_threads(), machine=platform.machine(),
         finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -408,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         }
 
         def record(key: str, run: dict[str, Any]) -> None:
+            if "error" in run:  # the runs recorded so far are kept; this one can resume
+                sys.exit(f"error: {key}: {run['error']}")
             run.update(inputs=wanted_by_key[key], command=command)
             results["runs"][key] = run
             results["command"] = command
