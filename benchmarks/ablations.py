@@ -248,7 +248,7 @@ def inputs(
 
 
 def load_results(path: Path) -> dict[str, Any]:
-    """The results file, or an empty one when it does not exist yet (or holds the old format)."""
+    """The results file, or an empty one when it does not exist yet."""
     if not path.exists():
         return {"format": FORMAT, "runs": {}}
     try:
@@ -257,8 +257,11 @@ def load_results(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path} is not a readable results file ({err})") from None
     if not isinstance(results, dict) or not isinstance(results.get("runs"), dict):
         raise ValueError(f"{path} is not a results file of benchmarks/ablations.py")
-    if results.get("format") != FORMAT:
-        return {"format": FORMAT, "runs": {}}  # an older grid: its runs are not comparable
+    if results.get("format") != FORMAT:  # an older grid: refuse rather than overwrite it
+        raise ValueError(
+            f"{path} holds results of format {results.get('format')!r}, not {FORMAT}; "
+            "move it aside or pass another --out"
+        )
     return results
 
 
@@ -396,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             base_settings=base_settings.to_dict(),
             variants=[dataclasses.asdict(v) for v in VARIANTS],
         )  # fmt: skip
-        jobs = []
+        jobs, wanted_by_key = [], {}
         for variant, seed in schedule(chosen, args.seeds and tuple(args.seeds), base_config):
             key = run_key(variant.name, seed)
             wanted = inputs(variant, seed, base_config, base_settings, budget, source)
@@ -408,10 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.rerun:
                 shutil.rmtree(work, ignore_errors=True)
             jobs.append((key, variant, seed, base_config, base_settings, budget, work))
-        wanted_by_key = {
-            job[0]: inputs(job[1], job[2], base_config, base_settings, budget, source)
-            for job in jobs
-        }
+            wanted_by_key[key] = wanted
 
         def record(key: str, run: dict[str, Any]) -> None:
             if "error" in run:  # the runs recorded so far are kept; this one can resume

@@ -195,6 +195,14 @@ def test_a_corrupt_results_file_is_refused_in_one_line(tmp_path: Path) -> None:
     assert "not a readable results file" in done.stderr
     assert out.read_text() == "{not json"  # left as it was for the user to inspect
 
+    out.write_text('{"format": 1, "runs": {}}')  # the first grid's file: refused, not overwritten
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(out), "--only", "random_init"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "format 1" in done.stderr and out.read_text() == '{"format": 1, "runs": {}}'
+
 
 def stored() -> dict[str, Any]:
     return json.loads((resources.files("mae_tutorial") / "results" / "ablations.json").read_text())
